@@ -1,0 +1,52 @@
+"""mrcz: MRC2014 and compressed MRCZ files, Gatan DM3/DM4 files, for cryo-EM archives."""
+from .codec import BLOSC1_CODECS
+from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError
+from .futures import (_asyncExecutor, _setAsyncWorkers, async_read_dm4, async_read_mrc,
+                      async_write_mrc, asyncReadDM4, asyncReadMRC, asyncWriteMRC)
+from .header import (CCPEM_ENUM, COMPRESSOR_ENUM, EMAN2_ENUM, REVERSE_CCPEM_ENUM,
+                     REVERSE_COMPRESSOR_ENUM)
+from .mrc import (default_header, defaultHeader, read_mrc, read_mrc_header, readMRC,
+                  readMRCHeader, set_default_threads, setDefaultThreads, write_mrc,
+                  write_mrc_header, writeMRC, writeMRCHeader)
+from .version import __version__
+
+BLOSC_PRESENT = True
+CAN_COMPRESS = True
+try:
+    import blosc2 as _blosc2  # noqa: F401  (optional: reads blosc2-format chunks)
+    BLOSC2_PRESENT = True
+except ImportError:
+    BLOSC2_PRESENT = False
+
+__all__ = [
+    "__version__", "readMRC", "writeMRC", "asyncReadMRC", "asyncWriteMRC", "readMRCHeader",
+    "writeMRCHeader", "defaultHeader", "setDefaultThreads", "readDM", "readDM4",
+    "asyncReadDM4", "read_mrc", "write_mrc", "async_read_mrc", "async_write_mrc",
+    "read_mrc_header", "write_mrc_header", "default_header", "set_default_threads",
+    "read_dm", "read_dm4", "async_read_dm4", "CCPEM_ENUM", "REVERSE_CCPEM_ENUM",
+    "COMPRESSOR_ENUM", "REVERSE_COMPRESSOR_ENUM", "EMAN2_ENUM", "BLOSC_PRESENT",
+    "BLOSC2_PRESENT", "CAN_COMPRESS", "MRCZError", "FormatError", "CorruptDataError",
+    "UnsupportedError", "BLOSC1_CODECS", "test",
+]
+
+_DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4"})
+
+
+def __getattr__(name: str):
+    """Import the DM reader on first use (it is not needed to read MRC files)."""
+    if name in _DM_NAMES:
+        from . import dm
+        return getattr(dm, name)
+    raise AttributeError(f"module 'mrcz' has no attribute {name!r}")
+
+
+def test(verbosity: int = 2) -> int:
+    """Run the package's pytest suite (needs the ``test`` extra); returns pytest's exit code."""
+    import pathlib
+
+    import pytest
+
+    tests = pathlib.Path(__file__).resolve().parent.parent / "tests"
+    args = [str(tests)] if tests.is_dir() else ["--pyargs", "mrcz"]
+    args.append({0: "-q", 1: "", 2: "-v"}.get(min(verbosity, 2), "-v"))
+    return int(pytest.main([a for a in args if a]))

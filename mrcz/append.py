@@ -1,0 +1,118 @@
+"""writeMRC(..., idx=k) on an existing file: overwrite or append z-slices in place.
+
+Data are written first and the header last, so a write that dies half-way
+leaves the old header (and with it the old, intact file contents) in force.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import codec, header as hdr
+from .errors import FormatError, UnsupportedError
+from .frames import FrameSource
+from .mrc import _pack_uint4, _set_stats, read_header_and_meta
+from .stats import Stats
+from .workers import ordered_map
+
+
+def _old_stats(info: hdr.HeaderInfo) -> Stats:
+    """The file's header statistics as a Stats (not known where the header says so)."""
+    rec = info.record
+    dmin, dmax, dmean, rms = (float(rec[k]) for k in ("dmin", "dmax", "dmean", "rms"))
+    if dmax < dmin or dmean < dmin:
+        return Stats(known=False)
+    nz, ny, nx = info.shape
+    count = nz * ny * nx
+    return Stats(count, dmin, dmax, dmean, rms * rms * count if rms >= 0 else None)
+
+
+def _to_file_dtype(frame: np.ndarray, info: hdr.HeaderInfo, name: str) -> np.ndarray:
+    if info.mode == hdr.MODE_UINT4:
+        return _pack_uint4(frame, name)
+    if info.mode == hdr.MODE_COMPLEX_INT16:
+        raise UnsupportedError(f"{name}: cannot write into a mode 3 (complex int16) file")
+    return np.ascontiguousarray(frame, dtype=info.dtype)
+
+
+def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
+             backend: str | None, n_threads: int, with_rms: bool, name: str) -> None:
+    """Write ``source`` at z-slice ``idx`` of the existing file ``path``."""
+    with open(path, "r+b") as f:
+        info, _ = read_header_and_meta(f, name)
+        nz, ny, nx = info.shape
+        if source.shape[1:] != (ny, nx):
+            raise FormatError(f"{name}: frames of {source.shape[1:]} cannot go into a file of "
+                              f"{ny} x {nx} slices")
+        if idx < 0:
+            idx += nz
+        if not 0 <= idx <= nz:
+            raise IndexError(f"{name}: idx {idx} is outside 0..{nz} (the file's slices)")
+        new_nz = max(nz, idx + source.shape[0])
+        stats = _old_stats(info) if idx == nz else Stats(known=False)
+        rec = np.array(info.record)
+        if info.compressor is None:
+            _write_plain_at(f, info, source, idx, n_threads, with_rms, name, stats)
+        else:
+            rec["packed_bytes"] = _append_compressed(f, info, source, idx, clevel, backend,
+                                                     n_threads, with_rms, name, stats)
+        if not info.mz_is_slices and int(rec["mz"]) == nz and nz > 1:
+            rec["mz"] = new_nz
+            rec["cella"][2] = rec["cella"][2] / nz * new_nz
+        elif info.mz_is_slices or info.legacy_mrcz:
+            rec["cella"][2] = rec["cella"][2] / nz * new_nz
+        rec["nz"] = new_nz
+        _set_stats(rec, stats)
+        f.seek(0)
+        f.write(rec.tobytes())
+
+
+def _write_plain_at(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, n_threads: int,
+                    with_rms: bool, name: str, total: Stats) -> None:
+    slice_bytes = hdr.stored_nbytes(info) // info.shape[0]
+    f.seek(info.data_offset + idx * slice_bytes)
+
+    def prepare(z: int):
+        frame = source.get(z)
+        return _to_file_dtype(frame, info, name), Stats.of_frame(frame, with_rms)
+
+    for data, stats in ordered_map(prepare, range(source.shape[0]), n_threads):
+        f.write(memoryview(data).cast("B"))
+        total.add(stats)
+
+
+def _append_compressed(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, clevel: int,
+                       backend: str | None, n_threads: int, with_rms: bool, name: str,
+                       total: Stats) -> int:
+    """Append compressed chunks after the last one; return the new packed size."""
+    nz, ny, nx = info.shape
+    if idx != nz:
+        raise UnsupportedError(f"{name}: compressed files can only be appended to "
+                               f"(idx={nz}), not overwritten at idx={idx}")
+    slices = int(info.record["mz"]) if info.mz_is_slices else 0
+    if slices > 1 and source.shape[0] % slices:
+        raise FormatError(f"{name}: the file holds frames of {slices} slices; "
+                          f"{source.shape[0]} slices do not make whole frames")
+    frame_nbytes = ny * nx * info.dtype.itemsize
+    fd = f.fileno()
+    chunks = codec.index_chunks(fd, info.data_offset, nz, os.fstat(fd).st_size,
+                                frame_nbytes, name)
+    end = chunks[-1][0] + chunks[-1][1]
+    os.ftruncate(fd, end)  # drop bytes a previous, interrupted append may have left
+    f.seek(end)
+    blocksize = codec.choose_blocksize(frame_nbytes)
+    level = info.clevel if info.clevel is not None else clevel
+
+    def compress(z: int):
+        frame = source.get(z)
+        data = np.ascontiguousarray(frame, dtype=info.dtype)
+        return (codec.compress_frame(data, info.compressor, level, blocksize, backend),
+                Stats.of_frame(frame, with_rms))
+
+    packed = end - info.data_offset
+    for chunk, stats in ordered_map(compress, range(source.shape[0]), n_threads):
+        f.write(chunk)
+        packed += len(chunk)
+        total.add(stats)
+    return packed

@@ -1,0 +1,596 @@
+"""readMRC / writeMRC: plain MRC2014 and blosc-compressed MRCZ files."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import codec, header as hdr, meta as jsonmeta
+from .atomic import atomic_output
+from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError, describe
+from .frames import WRITABLE_MODES, FrameSource, frame_source
+from .stats import Stats
+from .version import __version__
+from .workers import CORES, ordered_map
+
+logger = logging.getLogger("mrcz")
+
+ANGSTROM = "\\AA"
+#: How many of each unit make one Angstrom.
+UNITS_PER_ANGSTROM = {"\\AA": 1.0, "A": 1.0, "Å": 1.0, "nm": 0.1, "\\mum": 1e-4, "um": 1e-4,
+                      "µm": 1e-4, "pm": 100.0}
+DEFAULT_N_THREADS = CORES
+_THREAD_BUFFER_CAP = 64 * 2**20
+_local = threading.local()
+
+
+def setDefaultThreads(n_threads: int) -> None:
+    """Set how many frames readMRC/writeMRC process in parallel when n_threads is None."""
+    global DEFAULT_N_THREADS
+    if int(n_threads) < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    DEFAULT_N_THREADS = int(n_threads)
+
+
+def units_per_angstrom(pixelunits: str) -> float:
+    """Conversion factor from Angstrom to ``pixelunits``."""
+    try:
+        return UNITS_PER_ANGSTROM[pixelunits]
+    except KeyError:
+        raise ValueError(f"unknown pixelunits {pixelunits!r}; use one of "
+                         f"{sorted(UNITS_PER_ANGSTROM)}") from None
+
+
+def defaultHeader() -> dict:
+    """A header dict with every field readMRC returns, at default values."""
+    return {
+        "fileConvention": "ccpem", "endian": "le", "MRCtype": 0,
+        "dimensions": np.array([0, 0, 0], dtype=int), "dtype": "u1",
+        "compressor": None, "backend": None, "packedBytes": 0, "clevel": 1,
+        "maxImage": 1.0, "minImage": 0.0, "meanImage": 0.0,
+        "pixelsize": 0.1, "pixelunits": "nm", "voltage": 300.0, "C3": 2.7, "gain": 1.0,
+        "n_threads": DEFAULT_N_THREADS,
+    }
+
+
+# ----------------------------------------------------------------------------- reading
+
+def open_for_read(path: Any) -> BinaryIO:
+    """Open ``path`` for reading (a hook for whole-file compressed streams)."""
+    return open(path, "rb")
+
+
+def _read_exact(f: BinaryIO, nbytes: int, name: str, what: str) -> bytes:
+    raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise CorruptDataError(f"{name}: file ends inside the {what} "
+                               f"({len(raw)} of {nbytes} bytes; truncated file)")
+    return raw
+
+
+def _file_size(f: BinaryIO) -> int | None:
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def read_header_and_meta(f: BinaryIO, name: str,
+                         convention: str = "ccpem") -> tuple[hdr.HeaderInfo, dict]:
+    """Parse the header and the JSON extended header (if any) of an open file."""
+    info = hdr.parse_header(f.read(hdr.HEADER_BYTES), name, convention)
+    size = _file_size(f)
+    if size is not None and info.data_offset > size:
+        raise CorruptDataError(f"{name}: extended header of {info.extended_bytes} bytes runs "
+                               f"past the end of the {size}-byte file")
+    meta: dict = {}
+    if info.extended_bytes and info.record["exttyp"] == b"json":
+        raw = f.read(min(info.extended_bytes, jsonmeta.MAX_META_BYTES + 1))
+        meta = jsonmeta.decode(raw, name)
+    return info, meta
+
+
+def header_dict(info: hdr.HeaderInfo, meta: dict, pixelunits: str = ANGSTROM,
+                convention: str = "ccpem", first_chunk_version: int | None = None) -> dict:
+    """The header dict readMRC returns: the original's keys plus every JSON key."""
+    rec = info.record
+    dmin, dmax, dmean, rms = (float(rec[k]) for k in ("dmin", "dmax", "dmean", "rms"))
+    dtype = np.dtype("u1") if info.widened_uint8 else info.dtype
+    header: dict = {
+        "fileConvention": convention,
+        "endian": "le" if info.byteorder == "<" else "be",
+        "MRCtype": info.mode,
+        "dimensions": np.array(info.shape),
+        "dtype": "complex64" if dtype.names else dtype.str,
+        "compressor": info.compressor,
+        "pixelsize": info.voxel_size() * units_per_angstrom(pixelunits),
+        "pixelunits": pixelunits,
+        "minImage": dmin, "maxImage": dmax, "meanImage": dmean, "rmsImage": rms,
+        "extendedBytes": info.extended_bytes,
+        "metaId": bytes(rec["exttyp"]),
+        "voltage": float(rec["voltage"]), "C3": float(rec["C3"]), "gain": float(rec["gain"]),
+        "packedBytes": int(rec["packed_bytes"]),
+    }
+    if info.clevel is not None:
+        header["clevel"] = info.clevel
+    if info.compressor is not None and first_chunk_version is not None:
+        header["bloscFormat"] = 1 if first_chunk_version <= 2 else 2
+        header["backend"] = f"blosc{header['bloscFormat']}"
+    for key, value in meta.items():
+        header.setdefault(key, value)
+    return header
+
+
+def _frame_range(idx: Any, nz: int, name: str) -> tuple[int, int] | None:
+    """``(first, count)`` of the z-slices ``idx`` asks for (``(first, last)`` is inclusive)."""
+    if idx is None:
+        return None
+    if np.isscalar(idx):
+        first = last = int(idx)
+    else:
+        try:
+            first, last = (int(i) for i in idx)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: idx must be an int or a (first, last) pair, "
+                             f"got {idx!r}") from None
+    count = last - first + 1
+    if first < 0:
+        first += nz
+    if first < 0 or first >= nz or count < 1 or first + count > nz:
+        raise IndexError(f"{name}: slice range {idx!r} is outside the file's {nz} slices")
+    return first, count
+
+
+def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: str) -> int:
+    if slices is None:
+        if info.mz_is_slices:
+            slices = int(info.record["mz"])
+        elif not info.legacy_mrcz and isinstance(meta.get("slices"), int):
+            slices = meta["slices"]
+        else:
+            slices = 0
+    slices = int(slices)
+    if slices < 0 or (slices and info.shape[0] % slices):
+        raise FormatError(f"{name}: {info.shape[0]} slices cannot be grouped into frames of "
+                          f"{slices} slices")
+    return slices
+
+
+def _thread_buffer(nbytes: int) -> memoryview:
+    """A reusable per-thread read buffer (avoids fresh pages for every chunk)."""
+    if nbytes > _THREAD_BUFFER_CAP:
+        return memoryview(bytearray(nbytes))
+    buf = getattr(_local, "buffer", None)
+    if buf is None or len(buf) < nbytes:
+        buf = bytearray(max(nbytes, 2**20))
+        _local.buffer = buf
+    return memoryview(buf)[:nbytes]
+
+
+def _read_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
+                     out: np.ndarray, n_threads: int, name: str) -> None:
+    """Decompress z-slices ``first .. first+count-1`` into ``out`` (count, ny, nx)."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError):
+        raise UnsupportedError(f"{name}: compressed MRCZ can only be read from a regular "
+                               "file, not from a stream") from None
+    frame_nbytes = out[0].nbytes
+    chunks = codec.index_chunks(fd, info.data_offset, first + count, os.fstat(fd).st_size,
+                                frame_nbytes, name)[first:]
+
+    def decompress(index: int) -> None:
+        offset, cbytes = chunks[index]
+        view = _thread_buffer(cbytes)
+        if os.preadv(fd, [view], offset) != cbytes:
+            raise CorruptDataError(f"{name}: chunk {first + index} is truncated")
+        codec.decompress_into(view, out[index], name)
+
+    for _ in ordered_map(decompress, range(count), min(n_threads, count)):
+        pass
+
+
+def _read_plain(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
+                out: np.ndarray, name: str) -> None:
+    """Read z-slices of a plain data block straight into ``out``."""
+    slice_bytes = out[0].nbytes
+    f.seek(info.data_offset + first * slice_bytes)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if got != len(view):
+        raise CorruptDataError(f"{name}: data block holds {got} of the {len(view)} bytes the "
+                               "header describes (truncated file)")
+
+
+def _check_plain_size(f: BinaryIO, info: hdr.HeaderInfo, name: str) -> None:
+    size = _file_size(f)
+    need = info.data_offset + hdr.stored_nbytes(info)
+    if size is not None and size < need:
+        raise CorruptDataError(f"{name}: file is {size} bytes but its header describes "
+                               f"{need} (dimensions {info.shape}, mode {info.mode}; truncated "
+                               "or not an MRC file)")
+
+
+def _unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
+    """Two pixels per byte, the even pixel in the low nibble; rows padded to whole bytes."""
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
+    np.bitwise_and(packed, 0x0F, out=out[..., 0::2])
+    np.right_shift(packed, 4, out=out[..., 1::2])
+    return out[..., :nx]
+
+
+def _to_native(data: np.ndarray, info: hdr.HeaderInfo) -> np.ndarray:
+    """Convert stored values to what the caller gets: native byte order, real dtypes."""
+    if info.dtype.names:  # mode 3: complex int16
+        return (data["re"] + 1j * data["im"].astype(np.float32)).astype(np.complex64)
+    if info.widened_uint8:
+        return data.astype(np.uint8)
+    if not data.dtype.isnative:
+        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+    return data
+
+
+def _arrange(data: np.ndarray, info: hdr.HeaderInfo, slices: int,
+             whole_file: bool) -> np.ndarray | list[np.ndarray]:
+    """Shape the slices as the caller expects: array, volume stack or list of frames."""
+    if slices == 1:
+        return list(data)
+    if slices > 1:
+        return [data[i:i + slices] for i in range(0, data.shape[0], slices)]
+    mz = int(info.record["mz"])
+    if (whole_file and 400 < int(info.record["ispg"]) < 631 and not info.mz_is_slices
+            and not info.legacy_mrcz and 0 < mz < data.shape[0] and data.shape[0] % mz == 0):
+        return data.reshape(data.shape[0] // mz, mz, *data.shape[1:])
+    return data[0] if data.shape[0] == 1 else data
+
+
+def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = None,
+            endian: str = "le", pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
+            useMemmap: bool = False, n_threads: int | None = None,
+            slices: int | None = None) -> tuple[np.ndarray | list[np.ndarray], dict]:
+    r"""Read an MRC or MRCZ file.
+
+    Parameters
+    ----------
+    MRCfilename : path of the file.
+    idx : z-slice ``k``, or an inclusive range ``(first, last)``; negative counts from
+        the end. Works on compressed files too (only the chunks asked for are read).
+    endian : ignored; the byte order is read from the file's machine stamp.
+    pixelunits : units of the returned ``pixelsize``: ``'\\AA'``, ``'nm'``, ``'\\mum'``
+        or ``'pm'``.
+    fileConvention : ``'ccpem'`` (MRC2014) or ``'eman2'`` mode numbers.
+    useMemmap : return a copy-on-write ``numpy.memmap`` of a plain file.
+    n_threads : frames decompressed in parallel (default: the number of cores).
+    slices : z-slices per returned frame (0: one array, k: a list of k-slice frames);
+        by default what the file records.
+
+    Returns
+    -------
+    image : an array, or a list of frames.
+    header : dict of header fields (``dimensions``, ``pixelsize``, ``voltage``, ...)
+        and every key of the JSON metadata.
+    """
+    name = describe(MRCfilename)
+    convention = fileConvention.lower()
+    n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+    with open_for_read(MRCfilename) as f:
+        info, meta = read_header_and_meta(f, name, convention)
+        slices = _resolve_slices(info, meta, slices, name)
+        nz, ny, nx = info.shape
+        selected = _frame_range(idx, nz, name)
+        first, count = selected if selected else (0, nz)
+        if info.compressor is None:
+            _check_plain_size(f, info, name)
+        chunk_version = None
+        if useMemmap and info.compressor is None and info.mode != hdr.MODE_UINT4:
+            data = np.memmap(MRCfilename, dtype=info.dtype, mode="c",
+                             offset=info.data_offset + first * ny * nx * info.dtype.itemsize,
+                             shape=(count, ny, nx))
+        elif info.compressor is not None:
+            if info.mode == hdr.MODE_UINT4:
+                raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
+            data = np.empty((count, ny, nx), dtype=info.dtype)
+            _read_compressed(f, info, first, count, data, n_threads, name)
+            chunk_version = _first_chunk_version(f, info)
+        elif info.mode == hdr.MODE_UINT4:
+            packed = np.empty((count, ny, (nx + 1) // 2), dtype=np.uint8)
+            _read_plain(f, info, first, count, packed, name)
+            data = _unpack_uint4(packed, nx)
+        else:
+            data = np.empty((count, ny, nx), dtype=info.dtype)
+            _read_plain(f, info, first, count, data, name)
+    if not isinstance(data, np.memmap):
+        data = _to_native(data, info)
+    header = header_dict(info, meta, pixelunits, convention, chunk_version)
+    if selected:
+        header["dimensions"][0] = count
+    return _arrange(data, info, slices, selected is None), header
+
+
+def _first_chunk_version(f: BinaryIO, info: hdr.HeaderInfo) -> int:
+    return os.pread(f.fileno(), 1, info.data_offset)[0]
+
+
+def readMRCHeader(MRCfilename: str | os.PathLike, slices: int | None = None,
+                  endian: str = "le", fileConvention: str = "ccpem",
+                  pixelunits: str = ANGSTROM) -> tuple[dict, int]:
+    """Read only the header (and JSON metadata); returns ``(header, slices)``."""
+    name = describe(MRCfilename)
+    convention = fileConvention.lower()
+    with open_for_read(MRCfilename) as f:
+        info, meta = read_header_and_meta(f, name, convention)
+        version = _first_chunk_version(f, info) if info.compressor else None
+    return (header_dict(info, meta, pixelunits, convention, version),
+            _resolve_slices(info, meta, slices, name))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _pixelsize_angstrom(pixelsize: Any, pixelunits: str) -> np.ndarray:
+    """``[z, y, x]`` voxel size in Angstrom from 1, 2 or 3 values in ``pixelunits``."""
+    values = np.atleast_1d(np.asarray(pixelsize, dtype=np.float64)).ravel()
+    if values.size == 1:
+        values = np.repeat(values, 3)
+    elif values.size == 2:
+        values = np.array([values[0], values[0], values[1]])
+    elif values.size != 3:
+        raise ValueError(f"pixelsize must have 1, 2 or 3 elements, got {values.size}")
+    return values / units_per_angstrom(pixelunits)
+
+
+def _report_meta_clashes(meta: dict | None, given: dict, name: str) -> None:
+    """Warn where ``meta`` holds a header key with a different value than the keyword."""
+    if not meta:
+        return
+    for key, value in given.items():
+        if key in meta and not np.array_equal(np.asarray(meta[key], dtype=object),
+                                              np.asarray(value, dtype=object)):
+            warnings.warn(f"{name}: meta[{key!r}] = {meta[key]!r} is ignored; the {key}= "
+                          f"keyword ({value!r}) is what the header records", stacklevel=3)
+
+
+def _stored_dtype(source: FrameSource, dtype: Any, endian: str,
+                  name: str) -> tuple[np.dtype, int, bool]:
+    """``(dtype on disk, mode, uint8 widened)`` for the data about to be written."""
+    target = source.dtype if dtype is None else dtype
+    if isinstance(target, str) and target.lower().strip("<>|=") == "uint4":
+        return np.dtype(np.uint8), hdr.MODE_UINT4, False
+    try:
+        target = np.dtype(target).newbyteorder("=")
+    except TypeError:
+        raise TypeError(f"{name}: unsupported dtype {dtype!r} for MRC") from None
+    target = {np.dtype("float64"): np.dtype("float32"),
+              np.dtype("complex128"): np.dtype("complex64")}.get(target, target)
+    if target not in WRITABLE_MODES:
+        raise TypeError(f"{name}: unsupported dtype {target} for MRC; supported: "
+                        f"{sorted(str(d) for d in WRITABLE_MODES)}")
+    widened = target == np.dtype(np.uint8)
+    stored = np.dtype(np.uint16) if widened else target
+    order = "<" if endian == "le" else ">"
+    if endian not in ("le", "be"):
+        raise ValueError(f"endian must be 'le' or 'be', got {endian!r}")
+    return stored.newbyteorder(order), WRITABLE_MODES[target], widened
+
+
+def _pack_uint4(frame: np.ndarray, name: str) -> np.ndarray:
+    if frame.size and (frame.min() < 0 or frame.max() > 15):
+        raise MRCZError(f"{name}: uint4 holds 0..15 only; data range is "
+                        f"{frame.min()}..{frame.max()}")
+    values = frame.astype(np.uint8)
+    if values.shape[-1] % 2:
+        values = np.pad(values, ((0, 0), (0, 1)))
+    return values[:, 0::2] | (values[:, 1::2] << 4)
+
+
+def _build_header(source: FrameSource, mode: int, stored: np.dtype, widened: bool,
+                  compressor: str | None, clevel: int, pixelsize: np.ndarray,
+                  voltage: float, C3: float, gain: float, meta_bytes: bytes) -> np.ndarray:
+    nz, ny, nx = source.shape
+    rec = hdr.new_header("<" if stored.byteorder in "<=|" else ">")
+    rec["nx"], rec["ny"], rec["nz"] = nx, ny, nz
+    code = hdr.REVERSE_COMPRESSOR_ENUM[compressor] if compressor else 0
+    rec["mode"] = mode + hdr.MRC_COMP_RATIO * code
+    rec["mx"], rec["my"] = nx, ny
+    if compressor:
+        rec["mz"] = source.slices
+        rec["ispg"] = 1 if (source.slices == 0 and nz > 1) else 0
+        rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
+        rec["mrcz_clevel"] = clevel + 1
+    else:
+        if source.slices > 1:
+            rec["mz"], rec["ispg"] = source.slices, 401
+        elif source.slices == 1 or nz == 1:
+            rec["mz"], rec["ispg"] = 1, 0
+        else:
+            rec["mz"], rec["ispg"] = nz, 1
+        rec["cella"] = (pixelsize * [int(rec["mz"]), ny, nx])[::-1]
+    rec["mrcz_dtype"] = hdr.DTYPE_UINT8_WIDENED if widened else 0
+    rec["voltage"], rec["C3"], rec["gain"] = voltage, C3, gain
+    rec["nlabl"] = 1
+    rec["label"][0] = f"MRCZ{__version__}".encode("ascii")
+    if meta_bytes:
+        rec["nsymbt"] = len(meta_bytes)
+        rec["exttyp"] = b"json"
+    return rec
+
+
+def _set_stats(rec: np.ndarray, stats: Stats) -> None:
+    rec["dmin"], rec["dmax"], rec["dmean"], rec["rms"] = stats.header_values()
+
+
+def _stored_slice(frame: np.ndarray, stored: np.dtype, mode: int, name: str) -> np.ndarray:
+    """A z-slice as the contiguous bytes that go on disk."""
+    if mode == hdr.MODE_UINT4:
+        return _pack_uint4(frame, name)
+    if frame.dtype != stored:
+        frame = frame.astype(stored)
+    return np.ascontiguousarray(frame)
+
+
+def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = None,
+             endian: str = "le", dtype: Any = None, pixelsize: Any = (0.1, 0.1, 0.1),
+             pixelunits: str = ANGSTROM, shape: Any = None, voltage: float = 0.0,
+             C3: float = 0.0, gain: float = 1.0, compressor: str | None = None,
+             clevel: int = 1, n_threads: int | None = None, quickStats: bool = True,
+             idx: int | None = None, backend: str | None = None) -> None:
+    r"""Write an MRC file, or a compressed MRCZ file when ``compressor`` is given.
+
+    Parameters
+    ----------
+    input_image : 2-D or 3-D array (numpy, dask or array-like), or a list of 2-D or
+        3-D frames (read back as a list).
+    MRCfilename : output path. A new file is written beside the target and renamed
+        into place, so a failed write never leaves a half-written file.
+    meta : dict stored as JSON in the extended header.
+    endian : ``'le'`` or ``'be'``.
+    dtype : cast to this dtype (or ``'uint4'``: 4-bit packing) before writing.
+    pixelsize : ``[z, y, x]`` voxel size (one value for cubic voxels) in ``pixelunits``.
+    pixelunits : ``'\\AA'``, ``'nm'``, ``'\\mum'`` or ``'pm'``.
+    shape : ignored (kept for compatibility).
+    voltage, C3, gain : accelerating voltage (kV), spherical aberration (mm) and
+        detector gain (counts per electron), stored in the header.
+    compressor : ``None`` (plain MRC), ``'zstd'``, ``'lz4'``, ``'lz4hc'``, ``'zlib'`` or
+        ``'blosclz'``.
+    clevel : compression level 0-9.
+    n_threads : frames compressed in parallel (default: the number of cores).
+    quickStats : ``True`` records exact min/max/mean and marks the RMS unknown;
+        ``False`` also computes the exact RMS.
+    idx : write the image at z-slice ``idx`` of an existing file instead of replacing
+        it (plain files: anywhere up to the end; compressed files: append at the end).
+    backend : ``None``/``'blosc1'`` (chunks every mrcz reads) or ``'blosc2'``.
+    """
+    name = describe(MRCfilename)
+    _check_compressor(compressor, backend, clevel)
+    n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+    source = frame_source(input_image, name)
+    if idx is not None and os.path.isfile(MRCfilename):
+        from .append import write_at  # only needed for in-place writes
+        write_at(source, MRCfilename, int(idx), clevel, backend, n_threads, not quickStats, name)
+        return
+    if idx not in (None, 0):
+        raise IndexError(f"{name}: idx={idx} given but the file does not exist yet")
+    stored, mode, widened = _stored_dtype(source, dtype, endian, name)
+    if mode == hdr.MODE_UINT4 and (compressor or source.slices):
+        raise TypeError(f"{name}: uint4 packing works only for plain, monolithic arrays")
+    pixelsize_aa = _pixelsize_angstrom(pixelsize, pixelunits)
+    _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
+                                "pixelsize": pixelsize}, name)
+    meta_out = dict(meta) if meta is not None else None
+    if source.slices and not compressor:
+        meta_out = {**(meta_out or {}), "slices": source.slices}
+    meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
+    rec = _build_header(source, mode, stored, widened, compressor, clevel, pixelsize_aa,
+                        float(voltage or 0.0), float(C3 or 0.0), float(gain or 1.0),
+                        meta_bytes)
+    with atomic_output(MRCfilename) as f:
+        f.write(rec.tobytes())
+        f.write(meta_bytes)
+        if compressor:
+            stats, packed = _write_compressed(f, source, stored, compressor, clevel, backend,
+                                              n_threads, not quickStats, name)
+            rec["packed_bytes"] = packed
+        else:
+            stats = _write_plain(f, source, stored, mode, n_threads, not quickStats, name)
+        _set_stats(rec, stats)
+        f.seek(0)
+        f.write(rec.tobytes())
+
+
+def _check_compressor(compressor: str | None, backend: str | None, clevel: int) -> None:
+    if backend not in (None, "blosc1", "blosc2"):
+        raise ValueError(f"backend must be None, 'blosc1' or 'blosc2', got {backend!r}")
+    if compressor is None:
+        return
+    if compressor not in hdr.REVERSE_COMPRESSOR_ENUM:
+        raise ValueError(f"Unknown compressor {compressor!r}, expected one of "
+                         f"{sorted(n for n in hdr.REVERSE_COMPRESSOR_ENUM if n)}")
+    if backend != "blosc2" and compressor not in codec.BLOSC1_CODECS:
+        raise ValueError(f"compressor {compressor!r} needs backend='blosc2'; blosc offers "
+                         f"{sorted(codec.BLOSC1_CODECS)}")
+    if not 0 <= int(clevel) <= 9:
+        raise ValueError(f"clevel must be 0..9, got {clevel}")
+
+
+def _write_plain(f: BinaryIO, source: FrameSource, stored: np.dtype, mode: int,
+                 n_threads: int, with_rms: bool, name: str) -> Stats:
+    total = Stats()
+
+    def prepare(z: int) -> tuple[np.ndarray, Stats]:
+        frame = source.get(z)
+        stats = Stats.of_frame(frame, with_rms)
+        return _stored_slice(frame, stored, mode, name), stats
+
+    for data, stats in ordered_map(prepare, range(source.shape[0]), n_threads):
+        f.write(memoryview(data).cast("B"))
+        total.add(stats)
+    return total
+
+
+def _write_compressed(f: BinaryIO, source: FrameSource, stored: np.dtype, compressor: str,
+                      clevel: int, backend: str | None, n_threads: int, with_rms: bool,
+                      name: str) -> tuple[Stats, int]:
+    nz, ny, nx = source.shape
+    blocksize = codec.choose_blocksize(ny * nx * stored.itemsize)
+    total, packed = Stats(), 0
+
+    def compress(z: int) -> tuple[bytes, Stats]:
+        frame = source.get(z)
+        stats = Stats.of_frame(frame, with_rms)
+        data = _stored_slice(frame, stored, 0, name)
+        return codec.compress_frame(data, compressor, clevel, blocksize, backend), stats
+
+    for chunk, stats in ordered_map(compress, range(nz), n_threads):
+        f.write(chunk)
+        packed += len(chunk)
+        total.add(stats)
+    return total, packed
+
+
+# snake_case aliases
+read_mrc = readMRC
+write_mrc = writeMRC
+read_mrc_header = readMRCHeader
+default_header = defaultHeader
+set_default_threads = setDefaultThreads
+
+
+def writeMRCHeader(f: BinaryIO, header: dict, slices: int, endchar: str = "<") -> int:
+    """Write a 1024-byte header (and JSON metadata) described by a header dict to ``f``.
+
+    Returns the length of the JSON extended header (0 if there is none).
+    """
+    name = describe(f)
+    dims = tuple(int(n) for n in header["dimensions"])
+    dims = (1, *dims) if len(dims) == 2 else dims
+    source = FrameSource(dims, np.dtype("u1"), int(slices), None, False)
+    stored, mode, widened = _stored_dtype(source, header["dtype"],
+                                          "le" if endchar == "<" else "be", name)
+    meta = header.get("meta")
+    meta_bytes = jsonmeta.encode(meta) if isinstance(meta, dict) else b""
+    pixelsize = _pixelsize_angstrom(header.get("pixelsize", 1.0),
+                                    header.get("pixelunits", ANGSTROM))
+    rec = _build_header(source, mode, stored, widened, header.get("compressor"),
+                        int(header.get("clevel", 1)), pixelsize,
+                        float(header.get("voltage", 0.0)), float(header.get("C3", 0.0)),
+                        float(header.get("gain", 1.0)), meta_bytes)
+    rec["dmin"] = header.get("minImage", 0.0)
+    rec["dmax"] = header.get("maxImage", -1.0)
+    rec["dmean"] = header.get("meanImage", -2.0)
+    rec["rms"] = -1.0
+    rec["packed_bytes"] = int(header.get("packedBytes", 0))
+    f.seek(0)
+    f.write(rec.tobytes())
+    f.write(meta_bytes)
+    return len(meta_bytes)
+
+
+write_mrc_header = writeMRCHeader
