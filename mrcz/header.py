@@ -58,7 +58,8 @@ REVERSE_CCPEM_ENUM = {
     "complex128": 4, "c16": 4, "complex64": 4, "c8": 4,
 }
 COMPRESSOR_ENUM = {0: None, 1: "blosclz", 2: "lz4", 3: "lz4hc", 4: "snappy", 5: "zlib",
-                   6: "zstd"}
+                   6: "zstd", 7: "ndlz", 8: "zfp_acc", 9: "zfp_prec", 10: "zfp_rate",
+                   11: "openhtj2k", 12: "grok", 13: "openzl", 14: "j2k", 15: "htj2k"}
 REVERSE_COMPRESSOR_ENUM = {name: code for code, name in COMPRESSOR_ENUM.items()}
 
 MODE_UINT4 = 101
@@ -186,7 +187,11 @@ def parse_header(raw: bytes, name: str, convention: str = "ccpem") -> HeaderInfo
         raise FormatError(f"{name}: file is {len(raw)} bytes, shorter than the 1024-byte "
                           "MRC header")
     byteorder = _byteorder_from_bytes(raw, name)
-    dtype = HEADER_DTYPE if byteorder == "<" else HEADER_DTYPE.newbyteorder(">")
+    version = label_version(raw[224:304])
+    if byteorder == ">" and version is not None and version < (0, 6):
+        dtype = _legacy_big_endian_dtype(version)
+    else:
+        dtype = HEADER_DTYPE if byteorder == "<" else HEADER_DTYPE.newbyteorder(">")
     record = np.frombuffer(bytearray(raw[:HEADER_BYTES]), dtype=dtype)[0]
     full_mode = int(record["mode"])
     compressor_id, mode = divmod(full_mode, MRC_COMP_RATIO)
@@ -206,8 +211,29 @@ def parse_header(raw: bytes, name: str, convention: str = "ccpem") -> HeaderInfo
         compressor=COMPRESSOR_ENUM[compressor_id],
         dtype=mode_to_dtype(mode, byteorder, name, convention),
         shape=(nz, ny, nx),
-        mrcz_version=label_version(bytes(record["label"][0])),
+        mrcz_version=version,
     )
+
+
+# Big-endian files from mrcz < 0.6 hold these fields in little-endian order (the
+# writers stored numpy scalars in the machine's order); 0.4.x wrote mx, my, mz big.
+_LEGACY_LITTLE_FIELDS = ("mode", "mz", "dmin", "dmax", "dmean", "voltage", "C3", "gain",
+                         "packed_bytes", "nlabl")
+
+
+def _legacy_big_endian_dtype(version: tuple[int, int]) -> np.dtype:
+    """Header dtype of a big-endian file written by mrcz < 0.6 (mixed byte orders)."""
+    little = set(_LEGACY_LITTLE_FIELDS)
+    if version < (0, 5):
+        little.discard("mz")
+    big = HEADER_DTYPE.newbyteorder(">")
+    names = list(HEADER_DTYPE.names)
+    return np.dtype({
+        "names": names,
+        "formats": [(HEADER_DTYPE if n in little else big).fields[n][0] for n in names],
+        "offsets": [HEADER_DTYPE.fields[n][1] for n in names],
+        "itemsize": HEADER_BYTES,
+    })
 
 
 def label_version(label: bytes) -> tuple[int, int] | None:
