@@ -12,9 +12,9 @@ import numpy as np
 from . import codec, header as hdr
 from .errors import FormatError, UnsupportedError
 from .frames import FrameSource
-from .mrc import _pack_uint4, _set_stats, read_header_and_meta
+from .mrc import _set_stats, read_header_and_meta
 from .stats import Stats
-from .workers import ordered_map
+from .stream import FrameAppender
 
 
 def _old_stats(info: hdr.HeaderInfo) -> Stats:
@@ -26,14 +26,6 @@ def _old_stats(info: hdr.HeaderInfo) -> Stats:
     nz, ny, nx = info.shape
     count = nz * ny * nx
     return Stats(count, dmin, dmax, dmean, rms * rms * count if rms >= 0 else None)
-
-
-def _to_file_dtype(frame: np.ndarray, info: hdr.HeaderInfo, name: str) -> np.ndarray:
-    if info.mode == hdr.MODE_UINT4:
-        return _pack_uint4(frame, name)
-    if info.mode == hdr.MODE_COMPLEX_INT16:
-        raise UnsupportedError(f"{name}: cannot write into a mode 3 (complex int16) file")
-    return np.ascontiguousarray(frame, dtype=info.dtype)
 
 
 def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
@@ -52,6 +44,8 @@ def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int
         new_nz = max(nz, idx + source.shape[0])
         stats = _old_stats(info) if idx == nz else Stats(known=False)
         rec = np.array(info.record)
+        if info.mode == hdr.MODE_COMPLEX_INT16:
+            raise UnsupportedError(f"{name}: cannot write into a mode 3 (complex int16) file")
         if info.compressor is None:
             _write_plain_at(f, info, source, idx, n_threads, with_rms, name, stats)
         else:
@@ -72,14 +66,8 @@ def _write_plain_at(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, n_th
                     with_rms: bool, name: str, total: Stats) -> None:
     slice_bytes = hdr.stored_nbytes(info) // info.shape[0]
     f.seek(info.data_offset + idx * slice_bytes)
-
-    def prepare(z: int):
-        frame = source.get(z)
-        return _to_file_dtype(frame, info, name), Stats.of_frame(frame, with_rms)
-
-    for data, stats in ordered_map(prepare, range(source.shape[0]), n_threads):
-        f.write(memoryview(data).cast("B"))
-        total.add(stats)
+    FrameAppender(f, info.dtype, info.mode, None, 0, None, with_rms, n_threads, name,
+                  total).put_source(source)
 
 
 def _append_compressed(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, clevel: int,
@@ -94,25 +82,14 @@ def _append_compressed(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, c
     if slices > 1 and source.shape[0] % slices:
         raise FormatError(f"{name}: the file holds frames of {slices} slices; "
                           f"{source.shape[0]} slices do not make whole frames")
-    frame_nbytes = ny * nx * info.dtype.itemsize
     fd = f.fileno()
     chunks = codec.index_chunks(fd, info.data_offset, nz, os.fstat(fd).st_size,
-                                frame_nbytes, name)
+                                ny * nx * info.dtype.itemsize, name)
     end = chunks[-1][0] + chunks[-1][1]
     os.ftruncate(fd, end)  # drop bytes a previous, interrupted append may have left
     f.seek(end)
-    blocksize = codec.choose_blocksize(frame_nbytes)
     level = info.clevel if info.clevel is not None else clevel
-
-    def compress(z: int):
-        frame = source.get(z)
-        data = np.ascontiguousarray(frame, dtype=info.dtype)
-        return (codec.compress_frame(data, info.compressor, level, blocksize, backend),
-                Stats.of_frame(frame, with_rms))
-
-    packed = end - info.data_offset
-    for chunk, stats in ordered_map(compress, range(source.shape[0]), n_threads):
-        f.write(chunk)
-        packed += len(chunk)
-        total.add(stats)
-    return packed
+    appender = FrameAppender(f, info.dtype, info.mode, info.compressor, level, backend,
+                             with_rms, n_threads, name, total, end - info.data_offset)
+    appender.put_source(source)
+    return appender.packed

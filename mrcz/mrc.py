@@ -59,9 +59,12 @@ def defaultHeader() -> dict:
 
 # ----------------------------------------------------------------------------- reading
 
-def open_for_read(path: Any) -> BinaryIO:
-    """Open ``path`` for reading (a hook for whole-file compressed streams)."""
-    return open(path, "rb")
+def open_for_read(path: Any, memmap: bool = False) -> BinaryIO:
+    """Open ``path`` for reading: the file, or a forward-only decompressing stream when
+    its content is gzip, bzip2 or zstd (``memmap=True`` refuses those)."""
+    from . import wholefile  # wholefile imports this module
+
+    return wholefile.open_for_read(path, memmap)
 
 
 def _read_exact(f: BinaryIO, nbytes: int, name: str, what: str) -> bytes:
@@ -162,35 +165,42 @@ def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: 
 
 def _thread_buffer(nbytes: int) -> memoryview:
     """A reusable per-thread read buffer (avoids fresh pages for every chunk)."""
-    if nbytes > _THREAD_BUFFER_CAP:
-        return memoryview(bytearray(nbytes))
-    buf = getattr(_local, "buffer", None)
-    if buf is None or len(buf) < nbytes:
-        buf = bytearray(max(nbytes, 2**20))
-        _local.buffer = buf
-    return memoryview(buf)[:nbytes]
+    return codec.read_buffer(nbytes)
 
 
-def _read_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
-                     out: np.ndarray, n_threads: int, name: str) -> None:
-    """Decompress z-slices ``first .. first+count-1`` into ``out`` (count, ny, nx)."""
+def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
+                      name: str) -> tuple[int, list[tuple[int, int]]]:
+    """``(fd, chunks)`` of z-slices ``first .. first+count-1``, checked against the file.
+
+    Runs before the output is allocated, so a header that lies about the
+    dimensions fails here instead of in a giant allocation.
+    """
     try:
         fd = f.fileno()
     except (AttributeError, OSError):
         raise UnsupportedError(f"{name}: compressed MRCZ can only be read from a regular "
                                "file, not from a stream") from None
-    frame_nbytes = out[0].nbytes
+    nz, ny, nx = info.shape
+    frame_nbytes = ny * nx * info.dtype.itemsize
     chunks = codec.index_chunks(fd, info.data_offset, first + count, os.fstat(fd).st_size,
                                 frame_nbytes, name)[first:]
+    return fd, chunks
+
+
+def _read_compressed(fd: int, chunks: list[tuple[int, int]], first: int, out: np.ndarray,
+                     n_threads: int, name: str) -> None:
+    """Decompress the indexed ``chunks`` into ``out`` (count, ny, nx)."""
+    count = len(chunks)
 
     def decompress(index: int) -> None:
         offset, cbytes = chunks[index]
         view = _thread_buffer(cbytes)
         if os.preadv(fd, [view], offset) != cbytes:
             raise CorruptDataError(f"{name}: chunk {first + index} is truncated")
-        codec.decompress_into(view, out[index], name)
+        codec.decompress_into(view, out[index], name, blosc_threads)
 
-    for _ in ordered_map(decompress, range(count), min(n_threads, count)):
+    frames_at_once, blosc_threads = codec.read_plan(chunks, n_threads)
+    for _ in ordered_map(decompress, range(count), frames_at_once):
         pass
 
 
@@ -282,7 +292,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     name = describe(MRCfilename)
     convention = fileConvention.lower()
     n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
-    with open_for_read(MRCfilename) as f:
+    with open_for_read(MRCfilename, memmap=useMemmap) as f:
         info, meta = read_header_and_meta(f, name, convention)
         slices = _resolve_slices(info, meta, slices, name)
         nz, ny, nx = info.shape
@@ -298,8 +308,9 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         elif info.compressor is not None:
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
+            fd, chunks = _index_compressed(f, info, first, count, name)
             data = np.empty((count, ny, nx), dtype=info.dtype)
-            _read_compressed(f, info, first, count, data, n_threads, name)
+            _read_compressed(fd, chunks, first, data, n_threads, name)
             chunk_version = _first_chunk_version(f, info)
         elif info.mode == hdr.MODE_UINT4:
             packed = np.empty((count, ny, (nx + 1) // 2), dtype=np.uint8)
@@ -338,13 +349,13 @@ def readMRCHeader(MRCfilename: str | os.PathLike, slices: int | None = None,
 def _pixelsize_angstrom(pixelsize: Any, pixelunits: str) -> np.ndarray:
     """``[z, y, x]`` voxel size in Angstrom from 1, 2 or 3 values in ``pixelunits``."""
     values = np.atleast_1d(np.asarray(pixelsize, dtype=np.float64)).ravel()
-    if values.size == 1:
-        values = np.repeat(values, 3)
-    elif values.size == 2:
-        values = np.array([values[0], values[0], values[1]])
-    elif values.size != 3:
+    if values.size not in (1, 2, 3):
         raise ValueError(f"pixelsize must have 1, 2 or 3 elements, got {values.size}")
-    return values / units_per_angstrom(pixelunits)
+    angstrom = np.broadcast_to(values, (3,)) if values.size != 2 else values
+    angstrom = angstrom / units_per_angstrom(pixelunits)
+    if values.size == 2:  # [y, x]: z is 10 Angstrom, as the original package writes it
+        angstrom = np.array([10.0, *angstrom])
+    return angstrom
 
 
 def _report_meta_clashes(meta: dict | None, given: dict, name: str) -> None:
@@ -406,13 +417,12 @@ def _build_header(source: FrameSource, mode: int, stored: np.dtype, widened: boo
         rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
         rec["mrcz_clevel"] = clevel + 1
     else:
-        if source.slices > 1:
-            rec["mz"], rec["ispg"] = source.slices, 401
-        elif source.slices == 1 or nz == 1:
-            rec["mz"], rec["ispg"] = 1, 0
-        else:
-            rec["mz"], rec["ispg"] = nz, 1
-        rec["cella"] = (pixelsize * [int(rec["mz"]), ny, nx])[::-1]
+        # mz = nz keeps the z voxel size right both in MRC2014 readers (cella / m) and
+        # in mrcz 0.5-0.6 (cella / n); lists are image stacks (their grouping is in
+        # the JSON metadata). uint4 keeps mz = 0, which mrcz 0.6 needs to unpack it.
+        rec["mz"] = 0 if mode == hdr.MODE_UINT4 else nz
+        rec["ispg"] = 1 if (source.slices == 0 and nz > 1) else 0
+        rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
     rec["mrcz_dtype"] = hdr.DTYPE_UINT8_WIDENED if widened else 0
     rec["voltage"], rec["C3"], rec["gain"] = voltage, C3, gain
     rec["nlabl"] = 1
@@ -468,8 +478,21 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         it (plain files: anywhere up to the end; compressed files: append at the end).
     backend : ``None``/``'blosc1'`` (chunks every mrcz reads) or ``'blosc2'``.
     """
+    from . import wholefile  # names ending .gz/.bz2/.zst: whole-file compressed plain MRC
+
+    if wholefile.codec_for_name(MRCfilename):
+        return wholefile.write(input_image, MRCfilename, meta=meta, endian=endian, dtype=dtype,
+                               pixelsize=pixelsize, pixelunits=pixelunits, voltage=voltage,
+                               C3=C3, gain=gain, compressor=compressor, clevel=clevel,
+                               n_threads=n_threads, quickStats=quickStats, idx=idx,
+                               backend=backend)
     name = describe(MRCfilename)
     _check_compressor(compressor, backend, clevel)
+    if compressor and backend is None and compressor not in codec.BLOSC1_CODECS:
+        warnings.warn(f"{name}: {compressor!r} exists only in blosc2, so this file gets "
+                      "blosc2-format chunks that mrcz < 0.6 and blosc 1.x cannot read",
+                      stacklevel=2)
+        backend = "blosc2"
     n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
     source = frame_source(input_image, name)
     if idx is not None and os.path.isfile(MRCfilename):
@@ -513,7 +536,7 @@ def _check_compressor(compressor: str | None, backend: str | None, clevel: int) 
     if compressor not in hdr.REVERSE_COMPRESSOR_ENUM:
         raise ValueError(f"Unknown compressor {compressor!r}, expected one of "
                          f"{sorted(n for n in hdr.REVERSE_COMPRESSOR_ENUM if n)}")
-    if backend != "blosc2" and compressor not in codec.BLOSC1_CODECS:
+    if backend == "blosc1" and compressor not in codec.BLOSC1_CODECS:
         raise ValueError(f"compressor {compressor!r} needs backend='blosc2'; blosc offers "
                          f"{sorted(codec.BLOSC1_CODECS)}")
     if not 0 <= int(clevel) <= 9:
@@ -522,37 +545,22 @@ def _check_compressor(compressor: str | None, backend: str | None, clevel: int) 
 
 def _write_plain(f: BinaryIO, source: FrameSource, stored: np.dtype, mode: int,
                  n_threads: int, with_rms: bool, name: str) -> Stats:
-    total = Stats()
+    from .stream import FrameAppender  # stream imports this module
 
-    def prepare(z: int) -> tuple[np.ndarray, Stats]:
-        frame = source.get(z)
-        stats = Stats.of_frame(frame, with_rms)
-        return _stored_slice(frame, stored, mode, name), stats
-
-    for data, stats in ordered_map(prepare, range(source.shape[0]), n_threads):
-        f.write(memoryview(data).cast("B"))
-        total.add(stats)
-    return total
+    appender = FrameAppender(f, stored, mode, None, 0, None, with_rms, n_threads, name)
+    appender.put_source(source)
+    return appender.stats
 
 
 def _write_compressed(f: BinaryIO, source: FrameSource, stored: np.dtype, compressor: str,
                       clevel: int, backend: str | None, n_threads: int, with_rms: bool,
                       name: str) -> tuple[Stats, int]:
-    nz, ny, nx = source.shape
-    blocksize = codec.choose_blocksize(ny * nx * stored.itemsize)
-    total, packed = Stats(), 0
+    from .stream import FrameAppender  # stream imports this module
 
-    def compress(z: int) -> tuple[bytes, Stats]:
-        frame = source.get(z)
-        stats = Stats.of_frame(frame, with_rms)
-        data = _stored_slice(frame, stored, 0, name)
-        return codec.compress_frame(data, compressor, clevel, blocksize, backend), stats
-
-    for chunk, stats in ordered_map(compress, range(nz), n_threads):
-        f.write(chunk)
-        packed += len(chunk)
-        total.add(stats)
-    return total, packed
+    appender = FrameAppender(f, stored, 0, compressor, clevel, backend, with_rms, n_threads,
+                             name)
+    appender.put_source(source)
+    return appender.stats, appender.packed
 
 
 # snake_case aliases

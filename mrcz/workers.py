@@ -37,3 +37,41 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], n_threads: int) -> I
         for future in pending:
             if not future.cancelled():
                 future.exception()  # wait: no worker may outlive the caller's buffers
+
+
+class Pipeline:
+    """Run ``func`` on items as they are put, on the shared pool; consume results in order.
+
+    At most ``depth`` (default ``2 * n_threads``) items are in flight, so memory stays
+    bounded however many items pass through; ``put`` consumes finished results (in the caller's
+    thread) when the window is full. With ``n_threads <= 1`` everything runs in
+    the caller's thread.
+    """
+
+    def __init__(self, func: Callable[[T], R], consume: Callable[[R], None],
+                 n_threads: int, depth: int | None = None) -> None:
+        self._func, self._consume, self._n_threads = func, consume, n_threads
+        self._depth = 2 * n_threads if depth is None else depth
+        self._pending: deque[Future] = deque()
+
+    def put(self, item: T) -> None:
+        if self._n_threads <= 1:
+            self._consume(self._func(item))
+            return
+        self._pending.append(_POOL.submit(self._func, item))
+        while len(self._pending) >= self._depth:
+            self._consume(self._pending.popleft().result())
+
+    def finish(self) -> None:
+        """Consume every result still in flight."""
+        while self._pending:
+            self._consume(self._pending.popleft().result())
+
+    def cancel(self) -> None:
+        """Drop what is in flight; return once no worker still uses an item."""
+        pending, self._pending = self._pending, deque()
+        for future in pending:
+            future.cancel()
+        for future in pending:
+            if not future.cancelled():
+                future.exception()

@@ -1,0 +1,448 @@
+"""Frame-level access: a writer that appends frames as they arrive, a reader of any frame.
+
+:class:`MRCZWriter` is for acquisition software: frames are handed over one by
+one (or a few at a time), compressed in the background on the shared pool and
+appended in order, so only a few frames are ever held in memory. The header
+(frame count, exact statistics, packed size) is written on ``close()`` and the
+file renamed into place, so an interrupted acquisition leaves no file behind.
+
+:class:`MRCZReader` returns any z-slice of a plain or compressed file without
+loading the rest (compressed files: the chunk headers are walked once on open).
+
+:class:`FrameAppender` is the one implementation of "encode slices and append
+them to a data block" that writeMRC, writeMRC(idx=...) and MRCZWriter share, so
+they write the same bytes for the same frames.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import codec, header as hdr, meta as jsonmeta, mrc
+from .atomic import atomic_output
+from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
+from .frames import FrameSource
+from .mrc import (ANGSTROM, _build_header, _check_compressor, _check_plain_size,
+                  _pixelsize_angstrom, _report_meta_clashes, _set_stats, _stored_dtype,
+                  _stored_slice, _to_native, _unpack_uint4, header_dict, open_for_read,
+                  read_header_and_meta)
+from .stats import Stats
+from .workers import Pipeline, ordered_map
+
+__all__ = ["MRCZWriter", "MRCZReader", "iter_frames"]
+
+_TOFILE_MIN_BYTES = 2**20
+
+
+class FrameAppender:
+    """Encode 2-D slices on the shared pool and write them, in order, to ``f``.
+
+    Each slice is cast to the stored dtype (``mode`` 101: packed two pixels per
+    byte) and, with a ``compressor``, compressed into one blosc chunk. Statistics
+    of the slices as given accumulate in ``stats``; bytes written in ``packed``.
+    """
+
+    def __init__(self, f: BinaryIO, stored: np.dtype, mode: int, compressor: str | None,
+                 clevel: int, backend: str | None, with_rms: bool, n_threads: int, name: str,
+                 stats: Stats | None = None, packed: int = 0) -> None:
+        self._f = f
+        self._encode_args = stored, mode, compressor, clevel, backend, with_rms, name
+        self.stats = Stats() if stats is None else stats
+        self.packed = packed
+        self._queued_writes = 0
+        self._n_threads = n_threads
+        self._pipeline = Pipeline(self._encode, self._write, n_threads)
+
+    def put(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
+        """Queue one 2-D slice (or a function returning it, called on the pool).
+
+        A plain slice already in the stored layout is written at once, its
+        statistics gathered on the pool meanwhile.
+        """
+        if self._as_is(frame):
+            if self._queued_writes:
+                self._pipeline.finish()
+            _write_array(self._f, frame)
+            self.packed += frame.nbytes
+            self._pipeline.put((frame, False))
+        else:
+            self._queued_writes += 1
+            self._pipeline.put((frame, True))
+
+    def put_source(self, source: FrameSource) -> None:
+        """Put every z-slice of ``source`` and finish (slices that need computing, as of
+        a dask array, are computed on the pool)."""
+        items = getattr(source, "_items", None)
+        if isinstance(items, np.ndarray) and items.ndim == 3 and self._as_is(items):
+            self._put_array(items)
+            return
+        in_memory = isinstance(items, (np.ndarray, list, tuple))
+        try:
+            for z in range(source.shape[0]):
+                self.put(source.get(z) if in_memory else functools.partial(source.get, z))
+            self.finish()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _put_array(self, array: np.ndarray) -> None:
+        """Write a plain array in one go while one pool thread gathers its statistics
+        (two would compete with the write for the cores)."""
+        self.finish()
+        with_rms = self._encode_args[5]
+
+        def gather(frames: np.ndarray) -> None:
+            for frame in frames:
+                self.stats.add(Stats.of_frame(frame, with_rms))
+
+        stats = Pipeline(gather, lambda _: None, self._n_threads)
+        try:
+            stats.put(array)
+            _write_array(self._f, array)
+            self.packed += array.nbytes
+            stats.finish()
+        except BaseException:
+            stats.cancel()
+            raise
+
+    def finish(self) -> None:
+        self._pipeline.finish()
+
+    def cancel(self) -> None:
+        self._pipeline.cancel()
+
+    def _as_is(self, frame: Any) -> bool:
+        stored, mode, compressor = self._encode_args[:3]
+        return (not compressor and mode != hdr.MODE_UINT4 and isinstance(frame, np.ndarray)
+                and frame.dtype == stored and frame.flags.c_contiguous)
+
+    def _encode(self, item: tuple[Any, bool]) -> tuple[Any, Stats]:
+        stored, mode, compressor, clevel, backend, with_rms, name = self._encode_args
+        frame, encode = item
+        frame = frame() if callable(frame) else frame
+        stats = Stats.of_frame(frame, with_rms)
+        if not encode:
+            return None, stats
+        data = _stored_slice(frame, stored, mode, name)
+        if compressor:
+            blocksize = codec.choose_blocksize(data.nbytes, data.dtype.itemsize, compressor)
+            return codec.compress_frame(data, compressor, clevel, blocksize, backend), stats
+        return memoryview(data.reshape(-1)).cast("B"), stats
+
+    def _write(self, result: tuple[Any, Stats]) -> None:
+        data, stats = result
+        if data is not None:
+            self._f.write(data)
+            self.packed += len(data)
+            self._queued_writes -= 1
+        self.stats.add(stats)
+
+
+def _write_array(f: BinaryIO, frame: np.ndarray) -> None:
+    """Write a contiguous array; large ones with ``tofile`` (stdio), measured 25-40% faster
+    here than ``write`` of the same buffer."""
+    if frame.nbytes >= _TOFILE_MIN_BYTES and isinstance(f, io.BufferedWriter):
+        frame.tofile(f)
+    else:
+        f.write(memoryview(frame.reshape(-1)).cast("B"))
+
+
+# ----------------------------------------------------------------------------- writer
+
+class MRCZWriter:
+    r"""Write a movie frame by frame, as a detector delivers it.
+
+    Use as a context manager::
+
+        with MRCZWriter("movie.mrcz", (4096, 4096), np.int8, compressor="zstd") as w:
+            for frame in camera:
+                w.write(frame)
+
+    The file is byte for byte what ``writeMRC(np.stack(frames), ...)`` writes
+    with the same arguments (``slices=1``: what ``writeMRC(list_of_frames)``
+    writes). An exception inside the ``with`` block (or :meth:`abort`) leaves no
+    new file and whatever was at ``path`` untouched.
+
+    Parameters
+    ----------
+    path : output path; written beside it and renamed into place on ``close()``.
+    shape : ``(ny, nx)`` of every frame, or an example frame (its shape and dtype
+        are used; it is not written).
+    dtype : dtype of the frames (default: the example frame's).
+    compressor, clevel, pixelsize, pixelunits, voltage, C3, gain, meta, endian,
+    quickStats, backend : as for :func:`mrcz.writeMRC`.
+    n_threads : frames compressed in parallel (default: the number of cores).
+    slices : 0 (one 3-D array) or 1 (a list of 2-D frames), as writeMRC records it.
+
+    Frames are compressed in the background: do not change a frame's contents
+    after handing it to :meth:`write` (pass a copy if the camera reuses buffers).
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: Any, dtype: Any = None,
+                 compressor: str | None = None, clevel: int = 1,
+                 pixelsize: Any = (0.1, 0.1, 0.1), pixelunits: str = ANGSTROM,
+                 voltage: float = 0.0, C3: float = 0.0, gain: float = 1.0,
+                 meta: dict | None = None, n_threads: int | None = None, endian: str = "le",
+                 slices: int = 0, quickStats: bool = True, backend: str | None = None) -> None:
+        self.name = describe(path)
+        (self._ny, self._nx), self.dtype = _template(shape, dtype, self.name)
+        target = dtype if isinstance(dtype, str) and "uint4" in dtype.lower() else self.dtype
+        _check_compressor(compressor, backend, clevel)
+        if slices not in (0, 1):
+            raise ValueError(f"{self.name}: slices must be 0 or 1, got {slices}")
+        self._slices = slices
+        template = FrameSource((1, self._ny, self._nx), self.dtype, slices, None, False)
+        stored, mode, widened = _stored_dtype(template, target, endian, self.name)
+        if mode == hdr.MODE_UINT4 and (compressor or slices):
+            raise TypeError(f"{self.name}: uint4 packing works only for plain, monolithic "
+                            "arrays")
+        _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
+                                    "pixelsize": pixelsize}, self.name)
+        meta_out = dict(meta) if meta is not None else None
+        if slices and not compressor:
+            meta_out = {**(meta_out or {}), "slices": slices}
+        meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
+        self._header_args = (mode, stored, widened, compressor, clevel,
+                             _pixelsize_angstrom(pixelsize, pixelunits), float(voltage or 0.0),
+                             float(C3 or 0.0), float(gain or 1.0), meta_bytes)
+        n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+        self.nz = 0
+        self._stack = contextlib.ExitStack()
+        self._f = self._stack.enter_context(atomic_output(path))
+        self._open = True
+        try:
+            self._f.write(bytes(hdr.HEADER_BYTES) + meta_bytes)
+            self._appender = FrameAppender(self._f, stored, mode, compressor, clevel, backend,
+                                           not quickStats, n_threads, self.name)
+        except BaseException as err:
+            self._discard(err)
+            raise
+
+    def write(self, frames: Any) -> None:
+        """Append one 2-D frame or a 3-D stack of frames."""
+        if not self._open:
+            raise ValueError(f"{self.name}: the writer is closed")
+        stack = np.asarray(frames)
+        stack = stack[None] if stack.ndim == 2 else stack
+        if stack.ndim != 3 or stack.shape[1:] != (self._ny, self._nx):
+            raise ValueError(f"{self.name}: frames of shape {self._ny} x {self._nx} expected, "
+                             f"got an array of shape {np.shape(frames)}")
+        if not np.can_cast(stack.dtype, self.dtype, "same_kind"):
+            raise TypeError(f"{self.name}: cannot store {stack.dtype} frames as {self.dtype}")
+        for frame in stack:
+            self._appender.put(frame)
+            self.nz += 1
+
+    def close(self) -> None:
+        """Finish compressing, write the final header and rename the file into place."""
+        if not self._open:
+            return
+        try:
+            self._appender.finish()
+            if not self.nz:
+                raise MRCZError(f"{self.name}: no frames were written")
+            rec = self._final_header()
+            self._f.seek(0)
+            self._f.write(rec.tobytes())
+        except BaseException as err:
+            self._discard(err)
+            raise
+        self._open = False
+        self._stack.close()
+
+    def abort(self) -> None:
+        """Stop writing and delete the partial file (the old file at ``path`` stays)."""
+        if self._open:
+            self._discard(MRCZError(f"{self.name}: writing aborted"))
+
+    def _final_header(self) -> np.ndarray:
+        mode, stored, widened, compressor, *rest = self._header_args
+        source = FrameSource((self.nz, self._ny, self._nx), self.dtype, self._slices, None,
+                             False)
+        rec = _build_header(source, mode, stored, widened, compressor, *rest)
+        if compressor:
+            rec["packed_bytes"] = self._appender.packed
+        _set_stats(rec, self._appender.stats)
+        return rec
+
+    def _discard(self, err: BaseException) -> None:
+        self._open = False
+        appender = getattr(self, "_appender", None)
+        if appender is not None:
+            appender.cancel()
+        self._stack.__exit__(type(err), err, err.__traceback__)
+
+    def __enter__(self) -> MRCZWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        elif self._open:
+            self._discard(exc)
+
+
+def _template(shape: Any, dtype: Any, name: str) -> tuple[tuple[int, int], np.dtype]:
+    """``((ny, nx), dtype)`` from a shape tuple or an example frame."""
+    if hasattr(shape, "shape") and hasattr(shape, "dtype"):
+        dtype = shape.dtype if dtype is None else dtype
+        shape = shape.shape[-2:]
+    if dtype is None:
+        raise TypeError(f"{name}: give the frames' dtype (or an example frame)")
+    try:
+        ny, nx = (int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: shape must be (ny, nx), got {shape!r}") from None
+    if ny < 1 or nx < 1:
+        raise ValueError(f"{name}: frames of shape {ny} x {nx} are empty")
+    if isinstance(dtype, str) and dtype.lower().strip("<>|=") == "uint4":
+        return (ny, nx), np.dtype(np.uint8)
+    return (ny, nx), np.dtype(dtype)
+
+
+# ----------------------------------------------------------------------------- reader
+
+class MRCZReader:
+    r"""Random access to the z-slices of a plain or compressed MRC/MRCZ file.
+
+    ``len(reader)`` is the number of z-slices; ``reader[k]`` is one slice (2-D),
+    ``reader[a:b]`` (any slice or list of indices) a 3-D array; iterating yields
+    slices in order, decompressing a few ahead on the shared pool. Only the
+    slices asked for are read. ``header`` is the dict readMRC returns.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
+                 pixelunits: str = ANGSTROM, fileConvention: str = "ccpem") -> None:
+        self.name = describe(path)
+        self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+        self._f = open_for_read(path)
+        try:
+            self._open(pixelunits, fileConvention.lower())
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _open(self, pixelunits: str, convention: str) -> None:
+        info, meta = read_header_and_meta(self._f, self.name, convention)
+        self._info = info
+        nz, ny, nx = info.shape
+        self._lock = threading.Lock()
+        self._fd = self._f.fileno() if isinstance(self._f, io.BufferedReader) else None
+        version = None
+        if info.compressor is not None:
+            if info.mode == hdr.MODE_UINT4:
+                raise UnsupportedError(f"{self.name}: compressed uint4 (mode 101) is not "
+                                       "defined")
+            if self._fd is None:
+                raise UnsupportedError(f"{self.name}: compressed MRCZ can only be read from a "
+                                       "regular file")
+            self._chunks = codec.index_chunks(self._fd, info.data_offset, nz,
+                                              os.fstat(self._fd).st_size,
+                                              ny * nx * info.dtype.itemsize, self.name)
+            version = os.pread(self._fd, 1, info.data_offset)[0]
+        else:
+            _check_plain_size(self._f, info, self.name)
+            self._slice_bytes = hdr.stored_nbytes(info) // nz
+        self.header = header_dict(info, meta, pixelunits, convention, version)
+        self.shape = info.shape
+        self.dtype = np.dtype(self.header["dtype"]).newbyteorder("=")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice | Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.read(int(key), blosc_threads=self._plan([key])[1])
+        indices = range(len(self))[key] if isinstance(key, slice) else [
+            self._index(int(k)) for k in np.asarray(key).ravel()]
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        at_once, blosc_threads = self._plan(indices)
+        for _ in ordered_map(lambda i: self.read(indices[i], out[i], blosc_threads),
+                             range(len(indices)), at_once):
+            pass
+        return out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        at_once, blosc_threads = self._plan(range(len(self)))
+        return ordered_map(lambda k: self.read(k, blosc_threads=blosc_threads),
+                           range(len(self)), at_once)
+
+    def _plan(self, indices: Any) -> tuple[int, int]:
+        """``(frames read at once, blosc threads per frame)``."""
+        if self._info.compressor is None or not len(indices):
+            return max(1, min(self._n_threads, len(indices))), 1
+        return codec.read_plan([self._chunks[self._index(int(k))] for k in indices],
+                               self._n_threads)
+
+    def read(self, k: int, out: np.ndarray | None = None, blosc_threads: int = 1) -> np.ndarray:
+        """Z-slice ``k`` as a 2-D array (into ``out`` when given).
+
+        ``blosc_threads > 1`` decompresses the frame's blocks in parallel (for a
+        frame read alone).
+        """
+        k = self._index(k)
+        info = self._info
+        if out is None:
+            out = np.empty(self.shape[1:], dtype=self.dtype)
+        direct = (out.dtype == info.dtype and out.flags.c_contiguous
+                  and info.mode != hdr.MODE_UINT4)
+        raw = out if direct else np.empty(self._raw_shape(), dtype=info.dtype)
+        if info.compressor is not None:
+            self._read_chunk(k, raw, blosc_threads)
+        else:
+            self._read_plain(k, raw)
+        if not direct:
+            raw = _unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
+            out[...] = _to_native(raw, info)
+        return out
+
+    def _raw_shape(self) -> tuple[int, int]:
+        ny, nx = self.shape[1:]
+        return (ny, (nx + 1) // 2) if self._info.mode == hdr.MODE_UINT4 else (ny, nx)
+
+    def _index(self, k: int) -> int:
+        nz = len(self)
+        if not -nz <= k < nz:
+            raise IndexError(f"{self.name}: slice {k} is outside the file's {nz} slices")
+        return k % nz
+
+    def _read_chunk(self, k: int, out: np.ndarray, blosc_threads: int) -> None:
+        offset, cbytes = self._chunks[k]
+        buf = codec.read_buffer(cbytes)
+        if os.preadv(self._fd, [buf], offset) != cbytes:
+            raise CorruptDataError(f"{self.name}: chunk {k} is truncated")
+        codec.decompress_into(buf, out, self.name, blosc_threads)
+
+    def _read_plain(self, k: int, out: np.ndarray) -> None:
+        offset = self._info.data_offset + k * self._slice_bytes
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        if self._fd is not None:
+            got = os.preadv(self._fd, [view], offset)
+        else:
+            with self._lock:
+                self._f.seek(offset)
+                got = self._f.readinto(view)
+        if got != len(view):
+            raise CorruptDataError(f"{self.name}: slice {k} is truncated")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> MRCZReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def iter_frames(path: str | os.PathLike, n_threads: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the z-slices of a plain or compressed file one by one."""
+    with MRCZReader(path, n_threads) as reader:
+        yield from reader

@@ -1,0 +1,172 @@
+"""The codec layer: chunks, block sizes, chunk index, determinism under threads; stats; pool."""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from mrcz import codec
+from mrcz.errors import CorruptDataError
+from mrcz.stats import Stats, min_max_sum
+from mrcz.workers import Pipeline
+
+
+@pytest.mark.parametrize("cname", sorted(codec.BLOSC1_CODECS))
+@pytest.mark.parametrize("dtype", ["int8", "uint16", "float32"])
+def test_chunk_round_trip_is_bitshuffled(rng, cname, dtype):
+    frame = rng.poisson(0.8, (64, 48)).astype(dtype)
+    chunk = codec.compress_frame(frame, cname, 1, codec.choose_blocksize(frame.nbytes))
+    header = codec.ChunkHeader.parse(chunk)
+    assert (header.nbytes, header.cbytes, header.typesize) == (frame.nbytes, len(chunk),
+                                                               frame.itemsize)
+    assert header.shuffle == "bit" and header.version == 2
+    out = np.empty_like(frame)
+    codec.decompress_into(chunk, out, "x")
+    assert np.array_equal(out, frame)
+
+
+def test_choose_blocksize_rule():
+    assert codec.choose_blocksize(4096 * 4096) == 2**20               # counted int8 movie
+    assert codec.choose_blocksize(4096 * 4096 * 2, 2) == 2**21        # uint16: 2**20 elements
+    assert codec.choose_blocksize(4096 * 4096 * 4, 4) == 2**21        # float32: 2 MiB cap
+    assert codec.choose_blocksize(128 * 128 * 4, 4) == 128 * 128 * 4  # particle: one block
+    assert codec.choose_blocksize(4096 * 4096 * 4, 4, "zlib") == 2**16
+
+
+def test_decompress_refuses_wrong_size(rng):
+    frame = rng.poisson(0.8, (32, 32)).astype(np.int8)
+    chunk = codec.compress_frame(frame, "zstd", 1, 0)
+    with pytest.raises(CorruptDataError):
+        codec.decompress_into(chunk, np.empty((32, 31), np.int8), "x")
+    with pytest.raises(CorruptDataError):
+        codec.decompress_into(chunk[:16] + bytes(len(chunk) - 16), np.empty_like(frame), "x")
+
+
+def write_chunks(path, frames, cname="lz4") -> list[bytes]:
+    chunks = [codec.compress_frame(f, cname, 5, 0) for f in frames]
+    path.write_bytes(b"".join(chunks))
+    return chunks
+
+
+def test_index_chunks_walks_headers(tmp_path, rng):
+    frames = rng.poisson(2.0, (4, 40, 30)).astype(np.uint16)
+    chunks = write_chunks(tmp_path / "c", frames)
+    fd = os.open(tmp_path / "c", os.O_RDONLY)
+    try:
+        index = codec.index_chunks(fd, 0, 4, sum(map(len, chunks)), frames[0].nbytes, "c")
+        with pytest.raises(CorruptDataError):  # truncated
+            codec.index_chunks(fd, 0, 4, sum(map(len, chunks)) - 1, frames[0].nbytes, "c")
+        with pytest.raises(CorruptDataError):  # frames of another size
+            codec.index_chunks(fd, 0, 4, 10**9, frames[0].nbytes * 2, "c")
+    finally:
+        os.close(fd)
+    offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
+    assert index == [(int(o), len(c)) for o, c in zip(offsets, chunks)]
+
+
+def test_index_chunks_on_corrupted_header(tmp_path, rng):
+    frames = rng.poisson(2.0, (3, 40, 30)).astype(np.uint16)
+    chunks = write_chunks(tmp_path / "c", frames)
+    raw = bytearray((tmp_path / "c").read_bytes())
+    raw[len(chunks[0]) + 12:len(chunks[0]) + 16] = (3).to_bytes(4, "little")  # cbytes < 16
+    (tmp_path / "c").write_bytes(bytes(raw))
+    fd = os.open(tmp_path / "c", os.O_RDONLY)
+    try:
+        with pytest.raises(CorruptDataError):
+            codec.index_chunks(fd, 0, 3, len(raw), frames[0].nbytes, "c")
+    finally:
+        os.close(fd)
+
+
+def test_threads_with_different_block_sizes_write_serial_bytes(rng):
+    frames = [rng.poisson(0.8, shape).astype(np.int8) for shape in
+              ((64, 64), (512, 512), (1024, 1024), (256, 1024))]
+    settings = [("zstd", 1, 0), ("lz4", 9, 2**16), ("zstd", 3, 2**20), ("zlib", 1, 2**18)]
+    serial = [codec.compress_frame(f, *s) for f, s in zip(frames, settings)]
+    results: dict[tuple[int, int], bytes] = {}
+
+    def work(t: int) -> None:
+        for rep in range(6):
+            k = (t + rep) % len(frames)
+            results[t, rep] = codec.compress_frame(frames[k], *settings[k])
+            out = np.empty_like(frames[k])  # reads with blosc threads in between
+            codec.decompress_into(serial[k], out, "x", nthreads=1 + rep % 2)
+            assert np.array_equal(out, frames[k])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (t, rep), chunk in results.items():
+        assert chunk == serial[(t + rep) % len(frames)]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32",
+                                   "float16", "float32"])
+def test_frame_stats_are_exact(rng, dtype):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info:
+        frame = rng.integers(info.min, info.max, (300, 257), endpoint=True).astype(dtype)
+    else:
+        frame = rng.normal(100, 20, (300, 257)).astype(dtype)
+    stats = Stats.of_frame(frame, with_rms=True)
+    exact = int(frame.astype(object).sum()) if info else float(frame.sum(dtype=np.float64))
+    assert min_max_sum(frame)[2] == pytest.approx(exact, rel=1e-15 if info else 1e-12)
+    assert (stats.minimum, stats.maximum) == (frame.min(), frame.max())
+    assert stats.mean == pytest.approx(frame.mean(dtype=np.float64), rel=1e-12)
+    assert stats.m2 / frame.size == pytest.approx(frame.var(dtype=np.float64), rel=1e-9)
+
+
+def test_combined_stats_equal_whole_array(rng):
+    frames = rng.poisson(0.8, (7, 33, 20)).astype(np.uint16)
+    total = Stats()
+    for frame in frames:
+        total.add(Stats.of_frame(frame, with_rms=True))
+    dmin, dmax, dmean, rms = total.header_values()
+    assert (dmin, dmax) == (frames.min(), frames.max())
+    assert dmean == pytest.approx(frames.mean(), rel=1e-12)
+    assert rms == pytest.approx(frames.std(), rel=1e-9)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 4])
+def test_pipeline_keeps_order_and_bounds_work_in_flight(n_threads):
+    seen: list[int] = []
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def square(x: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        with lock:
+            running[0] -= 1
+        return x * x
+
+    pipeline = Pipeline(square, seen.append, n_threads)
+    for x in range(50):
+        pipeline.put(x)
+        assert x + 1 - len(seen) <= max(1, 2 * n_threads)
+    pipeline.finish()
+    assert seen == [x * x for x in range(50)]
+
+
+def test_pipeline_cancel_waits_for_workers():
+    started = threading.Event()
+    release = threading.Event()
+    done: list[int] = []
+
+    def slow(x: int) -> int:
+        started.set()
+        release.wait(5)
+        done.append(x)
+        return x
+
+    pipeline = Pipeline(slow, lambda r: None, 2)
+    pipeline.put(1)
+    started.wait(5)
+    threading.Timer(0.05, release.set).start()
+    pipeline.cancel()
+    assert done == [1]
