@@ -1,13 +1,16 @@
 """mrcz: MRC2014 and compressed MRCZ files, Gatan DM3/DM4 files, for cryo-EM archives."""
 from .codec import BLOSC1_CODECS
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError
-from .futures import (_asyncExecutor, _setAsyncWorkers, async_read_dm4, async_read_mrc,
-                      async_write_mrc, asyncReadDM4, asyncReadMRC, asyncWriteMRC)
+from .futures import (AsyncQueueFull, _asyncExecutor, _setAsyncWorkers, aread_dm4, aread_mrc,
+                      async_read_dm4, async_read_mrc, async_status, async_write_mrc,
+                      asyncReadDM4, asyncReadMRC, asyncStatus, asyncWriteMRC, awrite_mrc,
+                      flush_async, flushAsync, set_async_limits, setAsyncLimits)
 from .header import (CCPEM_ENUM, COMPRESSOR_ENUM, EMAN2_ENUM, REVERSE_CCPEM_ENUM,
                      REVERSE_COMPRESSOR_ENUM)
 from .mrc import (default_header, defaultHeader, read_mrc, read_mrc_header, readMRC,
                   readMRCHeader, set_default_threads, setDefaultThreads, write_mrc,
                   write_mrc_header, writeMRC, writeMRCHeader)
+from .stream import MRCZReader, MRCZWriter, iter_frames
 from .version import __version__
 
 BLOSC_PRESENT = True
@@ -26,10 +29,14 @@ __all__ = [
     "read_dm", "read_dm4", "async_read_dm4", "CCPEM_ENUM", "REVERSE_CCPEM_ENUM",
     "COMPRESSOR_ENUM", "REVERSE_COMPRESSOR_ENUM", "EMAN2_ENUM", "BLOSC_PRESENT",
     "BLOSC2_PRESENT", "CAN_COMPRESS", "MRCZError", "FormatError", "CorruptDataError",
-    "UnsupportedError", "BLOSC1_CODECS", "test",
+    "UnsupportedError", "BLOSC1_CODECS", "test", "MRCZReader", "MRCZWriter", "iter_frames",
+    "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
+    "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
+    "DMFrameReader", "iter_dm_frames",
 ]
 
-_DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4"})
+_DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReader",
+                       "iter_dm_frames", "dm_header_for_mrc"})
 
 
 def __getattr__(name: str):
