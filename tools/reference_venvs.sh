@@ -43,7 +43,7 @@ make_venv() {
     rm -rf "$venv"
     if "$PYTHON" -m venv "$venv" \
         && "$venv/bin/python" -m pip install --quiet "$@" \
-        && "$venv/bin/python" - "$version" <<'EOF'
+        && "$venv/bin/python" -I - "$version" <<'EOF'
 import sys
 import warnings
 warnings.simplefilter('ignore')
@@ -52,7 +52,7 @@ import mrcz
 assert mrcz.__version__ == sys.argv[1], mrcz.__version__
 EOF
     then
-        "$venv/bin/python" -c \
+        "$venv/bin/python" -I -c \
             'import mrcz, numpy; print(mrcz.__version__, numpy.__version__)' \
             > "$venv/$STAMP"
         echo "reference mrcz $version: made ($venv)"
