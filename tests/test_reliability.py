@@ -96,3 +96,19 @@ def test_errors_are_value_errors_for_old_callers():
     assert issubclass(mrcz.MRCZError, ValueError)
     for cls in (mrcz.FormatError, mrcz.CorruptDataError, mrcz.UnsupportedError):
         assert issubclass(cls, mrcz.MRCZError)
+
+
+def test_open_error_names_the_target_not_the_temp_file(tmp_path):
+    target = tmp_path / "missing" / "movie.mrc"
+    with pytest.raises(FileNotFoundError) as caught:
+        mrcz.writeMRC(np.zeros((2, 4, 4), np.int8), target)
+    assert caught.value.filename == str(target)
+    assert ".partial" not in str(caught.value)
+
+
+def test_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "shared.mrc"
+    mrcz.writeMRC(np.zeros((2, 4, 4), np.int8), path)
+    os.chmod(path, 0o640)
+    mrcz.writeMRC(np.ones((2, 4, 4), np.int8), path)
+    assert (path.stat().st_mode & 0o777) == 0o640
