@@ -1,4 +1,6 @@
 """mrcz: MRC2014 and compressed MRCZ files, Gatan DM3/DM4 files, for cryo-EM archives."""
+from importlib.util import find_spec as _find_spec
+
 from .codec import BLOSC1_CODECS
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError
 from .futures import (AsyncQueueFull, _asyncExecutor, _setAsyncWorkers, aread_dm4, aread_mrc,
@@ -15,11 +17,9 @@ from .version import __version__
 
 BLOSC_PRESENT = True
 CAN_COMPRESS = True
-try:
-    import blosc2 as _blosc2  # noqa: F401  (optional: reads blosc2-format chunks)
-    BLOSC2_PRESENT = True
-except ImportError:
-    BLOSC2_PRESENT = False
+# blosc2 is optional (it reads chunks written by the original's blosc2 backend);
+# look for it without importing it, which would cost start-up time and memory.
+BLOSC2_PRESENT = _find_spec("blosc2") is not None
 
 __all__ = [
     "__version__", "readMRC", "writeMRC", "asyncReadMRC", "asyncWriteMRC", "readMRCHeader",
@@ -29,7 +29,7 @@ __all__ = [
     "read_dm", "read_dm4", "async_read_dm4", "CCPEM_ENUM", "REVERSE_CCPEM_ENUM",
     "COMPRESSOR_ENUM", "REVERSE_COMPRESSOR_ENUM", "EMAN2_ENUM", "BLOSC_PRESENT",
     "BLOSC2_PRESENT", "CAN_COMPRESS", "MRCZError", "FormatError", "CorruptDataError",
-    "UnsupportedError", "BLOSC1_CODECS", "test", "MRCZReader", "MRCZWriter", "iter_frames",
+    "UnsupportedError", "BLOSC1_CODECS", "test", "_asyncExecutor", "_setAsyncWorkers", "MRCZReader", "MRCZWriter", "iter_frames",
     "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
     "DMFrameReader", "iter_dm_frames",

@@ -24,6 +24,7 @@ import blosc
 import numpy as np
 
 from .errors import CorruptDataError, UnsupportedError
+from .workers import CORES
 
 
 class MissingCodecError(UnsupportedError, RuntimeError):
@@ -44,7 +45,6 @@ ZLIB_WIDE_BLOCKSIZE = 2**16
 READ_BUFFER_CAP = 64 * 2**20
 #: Chunks larger than this are decoded one at a time, on blosc's threads (bounded memory).
 SERIAL_READ_CBYTES = 8 * 2**20
-CORES = os.cpu_count() or 1
 
 blosc.set_releasegil(True)
 blosc.set_nthreads(1)  # decompression of one frame per pool thread

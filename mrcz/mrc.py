@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import warnings
 from typing import Any, BinaryIO
 
@@ -24,8 +23,6 @@ ANGSTROM = "\\AA"
 UNITS_PER_ANGSTROM = {"\\AA": 1.0, "A": 1.0, "Å": 1.0, "nm": 0.1, "\\mum": 1e-4, "um": 1e-4,
                       "µm": 1e-4, "pm": 100.0}
 DEFAULT_N_THREADS = CORES
-_THREAD_BUFFER_CAP = 64 * 2**20
-_local = threading.local()
 
 
 def setDefaultThreads(n_threads: int) -> None:
@@ -163,11 +160,6 @@ def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: 
     return slices
 
 
-def _thread_buffer(nbytes: int) -> memoryview:
-    """A reusable per-thread read buffer (avoids fresh pages for every chunk)."""
-    return codec.read_buffer(nbytes)
-
-
 def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
                       name: str) -> tuple[int, list[tuple[int, int]]]:
     """``(fd, chunks)`` of z-slices ``first .. first+count-1``, checked against the file.
@@ -194,7 +186,7 @@ def _read_compressed(fd: int, chunks: list[tuple[int, int]], first: int, out: np
 
     def decompress(index: int) -> None:
         offset, cbytes = chunks[index]
-        view = _thread_buffer(cbytes)
+        view = codec.read_buffer(cbytes)
         if os.preadv(fd, [view], offset) != cbytes:
             raise CorruptDataError(f"{name}: chunk {first + index} is truncated")
         codec.decompress_into(view, out[index], name, blosc_threads)

@@ -83,7 +83,8 @@ class FrameAppender:
         if isinstance(items, np.ndarray) and items.ndim == 3 and self._as_is(items):
             self._put_array(items)
             return
-        in_memory = isinstance(items, (np.ndarray, list, tuple))
+        in_memory = isinstance(items, np.ndarray) or (
+            isinstance(items, (list, tuple)) and all(isinstance(i, np.ndarray) for i in items))
         try:
             for z in range(source.shape[0]):
                 self.put(source.get(z) if in_memory else functools.partial(source.get, z))
@@ -315,7 +316,8 @@ class MRCZReader:
     ``len(reader)`` is the number of z-slices; ``reader[k]`` is one slice (2-D),
     ``reader[a:b]`` (any slice or list of indices) a 3-D array; iterating yields
     slices in order, decompressing a few ahead on the shared pool. Only the
-    slices asked for are read. ``header`` is the dict readMRC returns.
+    slices asked for are read. ``header`` is the dict readMRC returns. Plain files
+    inside gzip, bzip2 or zstd can be read forward only.
     """
 
     def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
@@ -376,6 +378,8 @@ class MRCZReader:
 
     def _plan(self, indices: Any) -> tuple[int, int]:
         """``(frames read at once, blosc threads per frame)``."""
+        if self._fd is None:  # a forward-only stream (.gz, .bz2, .zst): in order
+            return 1, 1
         if self._info.compressor is None or not len(indices):
             return max(1, min(self._n_threads, len(indices))), 1
         return codec.read_plan([self._chunks[self._index(int(k))] for k in indices],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -205,3 +204,10 @@ def test_original_reads_stream_files(tmp_path, rng):
                            str(tmp_path / "m.mrcz"), str(tmp_path / "p.mrc")],
                           capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
+
+
+def test_reader_reads_whole_file_compressed_plain_forward(tmp_path, rng):
+    frames = counted(rng, "int16")
+    mrcz.writeMRC(frames, tmp_path / "m.mrc.gz")
+    with MRCZReader(tmp_path / "m.mrc.gz") as reader:
+        assert np.array_equal(np.stack(list(reader)), frames)
