@@ -425,6 +425,18 @@ def _build_header(source: FrameSource, mode: int, stored: np.dtype, widened: boo
     return rec
 
 
+def stats_wanted(quickStats: bool, compressor: str | None) -> bool | None:
+    """Which statistics a write gathers: True all, False all but the RMS, None none.
+
+    ``quickStats`` never costs a pass over the data for statistics alone: plain
+    writes then record them as not known; compressed writes gather min/max/mean
+    while compressing, where they cost little next to the codec.
+    """
+    if not quickStats:
+        return True
+    return False if compressor else None
+
+
 def _set_stats(rec: np.ndarray, stats: Stats) -> None:
     rec["dmin"], rec["dmax"], rec["dmean"], rec["rms"] = stats.header_values()
 
@@ -464,8 +476,10 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         ``'blosclz'``.
     clevel : compression level 0-9.
     n_threads : frames compressed in parallel (default: the number of cores).
-    quickStats : ``True`` records exact min/max/mean and marks the RMS unknown;
-        ``False`` also computes the exact RMS.
+    quickStats : ``True`` (default) spends no pass over the data on statistics
+        alone: compressed files get exact min/max/mean (gathered while compressing)
+        and an RMS marked unknown; plain files get all four marked unknown, the
+        MRC2014 way. ``False`` records all four exactly. Never estimates.
     idx : write the image at z-slice ``idx`` of an existing file instead of replacing
         it (plain files: anywhere up to the end; compressed files: append at the end).
     backend : ``None``/``'blosc1'`` (chunks every mrcz reads) or ``'blosc2'``.
@@ -514,7 +528,8 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
                                               n_threads, not quickStats, name)
             rec["packed_bytes"] = packed
         else:
-            stats = _write_plain(f, source, stored, mode, n_threads, not quickStats, name)
+            stats = _write_plain(f, source, stored, mode, n_threads,
+                                 stats_wanted(quickStats, None), name)
         _set_stats(rec, stats)
         f.seek(0)
         f.write(rec.tobytes())
@@ -536,7 +551,7 @@ def _check_compressor(compressor: str | None, backend: str | None, clevel: int) 
 
 
 def _write_plain(f: BinaryIO, source: FrameSource, stored: np.dtype, mode: int,
-                 n_threads: int, with_rms: bool, name: str) -> Stats:
+                 n_threads: int, with_rms: bool | None, name: str) -> Stats:
     from .stream import FrameAppender  # stream imports this module
 
     appender = FrameAppender(f, stored, mode, None, 0, None, with_rms, n_threads, name)

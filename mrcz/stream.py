@@ -46,11 +46,13 @@ class FrameAppender:
 
     Each slice is cast to the stored dtype (``mode`` 101: packed two pixels per
     byte) and, with a ``compressor``, compressed into one blosc chunk. Statistics
-    of the slices as given accumulate in ``stats``; bytes written in ``packed``.
+    of the slices as given accumulate in ``stats`` (``with_rms``: True for all of
+    them, False without the RMS, None for none: "not known"); bytes written in
+    ``packed``.
     """
 
     def __init__(self, f: BinaryIO, stored: np.dtype, mode: int, compressor: str | None,
-                 clevel: int, backend: str | None, with_rms: bool, n_threads: int, name: str,
+                 clevel: int, backend: str | None, with_rms: bool | None, n_threads: int, name: str,
                  stats: Stats | None = None, packed: int = 0) -> None:
         self._f = f
         self._encode_args = stored, mode, compressor, clevel, backend, with_rms, name
@@ -98,6 +100,11 @@ class FrameAppender:
         (two would compete with the write for the cores)."""
         self.finish()
         with_rms = self._encode_args[5]
+        if with_rms is None:
+            self.stats.add(Stats(known=False))
+            _write_array(self._f, array)
+            self.packed += array.nbytes
+            return
 
         def gather(frames: np.ndarray) -> None:
             for frame in frames:
@@ -128,7 +135,7 @@ class FrameAppender:
         stored, mode, compressor, clevel, backend, with_rms, name = self._encode_args
         frame, encode = item
         frame = frame() if callable(frame) else frame
-        stats = Stats.of_frame(frame, with_rms)
+        stats = Stats(known=False) if with_rms is None else Stats.of_frame(frame, with_rms)
         if not encode:
             return None, stats
         data = _stored_slice(frame, stored, mode, name)
@@ -221,7 +228,8 @@ class MRCZWriter:
         try:
             self._f.write(bytes(hdr.HEADER_BYTES) + meta_bytes)
             self._appender = FrameAppender(self._f, stored, mode, compressor, clevel, backend,
-                                           not quickStats, n_threads, self.name)
+                                           mrc.stats_wanted(quickStats, compressor),
+                                           n_threads, self.name)
         except BaseException as err:
             self._discard(err)
             raise

@@ -356,9 +356,13 @@ def _plan(input_image: Any, name: str, meta: dict | None, endian: str, dtype: An
     return source, stored, mode, rec, meta_bytes
 
 
-def _gather_stats(source: FrameSource, with_rms: bool, n_threads: int) -> Stats:
-    """Exact statistics of every frame (the header must be final before it is written)."""
+def _gather_stats(source: FrameSource, with_rms: bool | None, n_threads: int) -> Stats:
+    """Exact statistics of every frame (the header must be final before it is written);
+    "not known" without a pass over the data when ``with_rms`` is None."""
     total = Stats()
+    if with_rms is None:
+        total.known = False
+        return total
     for stats in ordered_map(lambda z: Stats.of_frame(source.get(z), with_rms),
                              range(source.shape[0]), n_threads):
         total.add(stats)
@@ -476,7 +480,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
     n_threads = _mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
     source, stored, mode, rec, meta_bytes = _plan(input_image, name, meta, endian, dtype,
                                                   pixelsize, pixelunits, voltage, C3, gain)
-    _mrc._set_stats(rec, _gather_stats(source, not quickStats, n_threads))
+    _mrc._set_stats(rec, _gather_stats(source, _mrc.stats_wanted(quickStats, None), n_threads))
     prefix = rec.tobytes() + meta_bytes
     slices = _stored_bytes(source, stored, mode, name)
     with atomic_output(MRCfilename) as f:

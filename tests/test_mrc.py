@@ -114,12 +114,19 @@ def test_header_bytes_follow_mrc2014(tmp_path, rng):
     assert len(raw) == 1024 + image.nbytes
 
 
-def test_quick_stats_mark_rms_unknown(tmp_path, rng):
+def test_quick_stats_are_exact_or_marked_unknown(tmp_path, rng):
+    mrcfile = pytest.importorskip("mrcfile")
     image = make(rng, "int16")
+    mrcz.writeMRC(image, tmp_path / "x.mrcz", compressor="zstd")
+    raw = (tmp_path / "x.mrcz").read_bytes()
+    assert struct.unpack("<3f", raw[76:88]) == pytest.approx(
+        (image.min(), image.max(), image.mean()), rel=1e-6)
+    assert struct.unpack("<f", raw[216:220])[0] < 0
     mrcz.writeMRC(image, tmp_path / "x.mrc")
     raw = (tmp_path / "x.mrc").read_bytes()
-    assert struct.unpack("<f", raw[216:220])[0] < 0
-    assert struct.unpack("<3f", raw[76:88])[:2] == (image.min(), image.max())
+    dmin, dmax, dmean = struct.unpack("<3f", raw[76:88])
+    assert dmax < dmin and dmean < dmin and struct.unpack("<f", raw[216:220])[0] < 0
+    assert mrcfile.validate(str(tmp_path / "x.mrc"), print_file=_Collect([]))
 
 
 def test_compressed_header_records_packed_size_and_slices(tmp_path, rng):
