@@ -218,29 +218,39 @@ def decompress_into(chunk: memoryview | bytes, out: np.ndarray, name: str,
 
 
 def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,
-                 name: str) -> list[tuple[int, int]]:
+                 name: str, partial: bool = False) -> list[tuple[int, int]]:
     """Walk ``count`` chunk headers from byte ``start``; return ``(offset, cbytes)`` pairs.
 
-    Every chunk must lie before byte ``end`` and decode to ``frame_nbytes``.
+    Every chunk must lie before byte ``end`` and decode to ``frame_nbytes``;
+    otherwise :class:`CorruptDataError`, or with ``partial`` the chunks before the
+    first bad one.
     """
-    chunks = []
+    chunks: list[tuple[int, int]] = []
     offset = start
     for index in range(count):
         raw = os.pread(fd, CHUNK_HEADER_BYTES, offset)
-        if len(raw) < CHUNK_HEADER_BYTES:
-            raise CorruptDataError(f"{name}: data block ends before chunk {index} of {count} "
-                                   "(truncated file)")
-        header = ChunkHeader.parse(raw)
-        if header.nbytes != frame_nbytes or header.cbytes < CHUNK_HEADER_BYTES:
-            raise CorruptDataError(
-                f"{name}: chunk {index} header is inconsistent (holds {header.nbytes} bytes in "
-                f"{header.cbytes}; each frame needs {frame_nbytes})")
-        if offset + header.cbytes > end:
-            raise CorruptDataError(f"{name}: chunk {index} of {count} runs past the end of the "
-                                   "file (truncated file)")
-        chunks.append((offset, header.cbytes))
-        offset += header.cbytes
+        problem = _chunk_problem(raw, offset, end, frame_nbytes)
+        if problem:
+            if partial:
+                return chunks
+            raise CorruptDataError(f"{name}: chunk {index} of {count} {problem}")
+        cbytes = ChunkHeader.parse(raw).cbytes
+        chunks.append((offset, cbytes))
+        offset += cbytes
     return chunks
+
+
+def _chunk_problem(raw: bytes, offset: int, end: int, frame_nbytes: int) -> str | None:
+    """What is wrong with the chunk whose header is ``raw`` (None: nothing)."""
+    if len(raw) < CHUNK_HEADER_BYTES:
+        return "is missing: the data block ends first (truncated file)"
+    header = ChunkHeader.parse(raw)
+    if header.nbytes != frame_nbytes or header.cbytes < CHUNK_HEADER_BYTES:
+        return (f"has an inconsistent header (holds {header.nbytes} bytes in "
+                f"{header.cbytes}; each frame needs {frame_nbytes})")
+    if offset + header.cbytes > end:
+        return "runs past the end of the file (truncated file)"
+    return None
 
 
 def read_buffer(nbytes: int) -> memoryview:

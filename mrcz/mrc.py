@@ -79,8 +79,8 @@ def _file_size(f: BinaryIO) -> int | None:
         return None
 
 
-def read_header_and_meta(f: BinaryIO, name: str,
-                         convention: str = "ccpem") -> tuple[hdr.HeaderInfo, dict]:
+def read_header_and_meta(f: BinaryIO, name: str, convention: str = "ccpem",
+                         permissive: bool = False) -> tuple[hdr.HeaderInfo, dict]:
     """Parse the header and the JSON extended header (if any) of an open file."""
     info = hdr.parse_header(f.read(hdr.HEADER_BYTES), name, convention)
     size = _file_size(f)
@@ -90,7 +90,12 @@ def read_header_and_meta(f: BinaryIO, name: str,
     meta: dict = {}
     if info.extended_bytes and info.record["exttyp"] == b"json":
         raw = f.read(min(info.extended_bytes, jsonmeta.MAX_META_BYTES + 1))
-        meta = jsonmeta.decode(raw, name)
+        try:
+            meta = jsonmeta.decode(raw, name)
+        except FormatError as err:
+            if not permissive:
+                raise
+            warnings.warn(f"{err}; metadata skipped", stacklevel=3)
     return info, meta
 
 
@@ -161,7 +166,7 @@ def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: 
 
 
 def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
-                      name: str) -> tuple[int, list[tuple[int, int]]]:
+                      name: str, partial: bool = False) -> tuple[int, list[tuple[int, int]]]:
     """``(fd, chunks)`` of z-slices ``first .. first+count-1``, checked against the file.
 
     Runs before the output is allocated, so a header that lies about the
@@ -175,8 +180,58 @@ def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
     nz, ny, nx = info.shape
     frame_nbytes = ny * nx * info.dtype.itemsize
     chunks = codec.index_chunks(fd, info.data_offset, first + count, os.fstat(fd).st_size,
-                                frame_nbytes, name)[first:]
+                                frame_nbytes, name, partial)[first:]
     return fd, chunks
+
+
+def _salvage_warning(name: str, kept: int, wanted: int) -> None:
+    if kept < wanted:
+        warnings.warn(f"{name}: damaged file; recovered {kept} of {wanted} slices",
+                      stacklevel=3)
+
+
+def _whole_frames(chunks: list, first: int, count: int, slices: int, name: str) -> list:
+    """The indexed chunks cut to whole frames, or CorruptDataError if none is left."""
+    keep = len(chunks) - (len(chunks) % slices if slices > 1 else 0)
+    if not keep:
+        raise CorruptDataError(f"{name}: no complete frame is left in the damaged file")
+    _salvage_warning(name, keep, count)
+    return chunks[:keep]
+
+
+def _salvageable_plain(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
+                       slices: int, name: str) -> int:
+    """How many of the asked-for slices a (possibly truncated) plain file holds whole."""
+    size = _file_size(f)
+    if size is None:
+        return count
+    slice_bytes = hdr.stored_nbytes(info) // info.shape[0]
+    whole = max(0, (size - info.data_offset) // slice_bytes - first)
+    keep = min(count, whole)
+    if slices > 1:
+        keep -= keep % slices
+    if not keep:
+        raise CorruptDataError(f"{name}: no complete slice is left in the damaged file")
+    _salvage_warning(name, keep, count)
+    return keep
+
+
+def _salvage_compressed(fd: int, chunks: list, first: int, out: np.ndarray,
+                        n_threads: int, name: str) -> int:
+    """Decode ``chunks`` into ``out``; on a bad chunk keep the frames before it."""
+    try:
+        _read_compressed(fd, chunks, first, out, n_threads, name)
+        return len(chunks)
+    except CorruptDataError:
+        for index, chunk in enumerate(chunks):
+            try:
+                _read_compressed(fd, [chunk], first + index, out[index:index + 1], 1, name)
+            except CorruptDataError:
+                if not index:
+                    raise
+                _salvage_warning(name, index, len(chunks))
+                return index
+    return len(chunks)
 
 
 def _read_compressed(fd: int, chunks: list[tuple[int, int]], first: int, out: np.ndarray,
@@ -258,7 +313,8 @@ def _arrange(data: np.ndarray, info: hdr.HeaderInfo, slices: int,
 def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = None,
             endian: str = "le", pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
             useMemmap: bool = False, n_threads: int | None = None,
-            slices: int | None = None) -> tuple[np.ndarray | list[np.ndarray], dict]:
+            slices: int | None = None, *,
+            permissive: bool = False) -> tuple[np.ndarray | list[np.ndarray], dict]:
     r"""Read an MRC or MRCZ file.
 
     Parameters
@@ -274,6 +330,9 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     n_threads : frames decompressed in parallel (default: the number of cores).
     slices : z-slices per returned frame (0: one array, k: a list of k-slice frames);
         by default what the file records.
+    permissive : salvage what a damaged file still holds, with a warning: the
+        complete frames of a truncated or partly corrupt movie, data despite
+        undecodable JSON metadata. ``header['dimensions']`` gives what was read.
 
     Returns
     -------
@@ -285,12 +344,14 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     convention = fileConvention.lower()
     n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
     with open_for_read(MRCfilename, memmap=useMemmap) as f:
-        info, meta = read_header_and_meta(f, name, convention)
+        info, meta = read_header_and_meta(f, name, convention, permissive)
         slices = _resolve_slices(info, meta, slices, name)
         nz, ny, nx = info.shape
         selected = _frame_range(idx, nz, name)
         first, count = selected if selected else (0, nz)
-        if info.compressor is None:
+        if info.compressor is None and permissive:
+            count = _salvageable_plain(f, info, first, count, slices, name)
+        elif info.compressor is None:
             _check_plain_size(f, info, name)
         chunk_version = None
         if useMemmap and info.compressor is None and info.mode != hdr.MODE_UINT4:
@@ -300,9 +361,20 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         elif info.compressor is not None:
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
-            fd, chunks = _index_compressed(f, info, first, count, name)
+            fd, chunks = _index_compressed(f, info, first, count, name, permissive)
+            if permissive:
+                chunks = _whole_frames(chunks, first, count, slices, name)
+                count = len(chunks)
             data = np.empty((count, ny, nx), dtype=info.dtype)
-            _read_compressed(fd, chunks, first, data, n_threads, name)
+            if permissive:
+                kept = _salvage_compressed(fd, chunks, first, data, n_threads, name)
+                count = kept - (kept % slices if slices > 1 else 0)
+                if not count:
+                    raise CorruptDataError(f"{name}: no complete frame is left in the "
+                                           "damaged file")
+                data = data[:count]
+            else:
+                _read_compressed(fd, chunks, first, data, n_threads, name)
             chunk_version = _first_chunk_version(f, info)
         elif info.mode == hdr.MODE_UINT4:
             packed = np.empty((count, ny, (nx + 1) // 2), dtype=np.uint8)
@@ -314,7 +386,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     if not isinstance(data, np.memmap):
         data = _to_native(data, info)
     header = header_dict(info, meta, pixelunits, convention, chunk_version)
-    if selected:
+    if selected or count != nz:
         header["dimensions"][0] = count
     return _arrange(data, info, slices, selected is None), header
 

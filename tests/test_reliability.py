@@ -112,3 +112,61 @@ def test_replaced_file_keeps_its_permissions(tmp_path):
     os.chmod(path, 0o640)
     mrcz.writeMRC(np.ones((2, 4, 4), np.int8), path)
     assert (path.stat().st_mode & 0o777) == 0o640
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "lz4", None])
+def test_permissive_recovers_every_complete_frame_of_a_truncated_movie(tmp_path, rng, compressor):
+    movie = rng.poisson(0.8, size=(12, 64, 48)).astype(np.int8)
+    path = tmp_path / "cut.mrcz"
+    mrcz.writeMRC(movie, path, compressor=compressor)
+    raw = path.read_bytes()
+    if compressor:  # cut inside chunk 7: frames 0-6 are complete
+        cut = 1024 + sum(_chunk_sizes(raw)[:7]) + 20
+    else:
+        cut = 1024 + 7 * movie[0].nbytes + 100
+    path.write_bytes(raw[:cut])
+    with pytest.raises(mrcz.CorruptDataError, match="cut.mrcz"):
+        mrcz.readMRC(path)
+    with pytest.warns(UserWarning, match="recovered 7 of 12"):
+        salvaged, header = mrcz.readMRC(path, permissive=True)
+    np.testing.assert_array_equal(salvaged, movie[:7])
+    assert header["dimensions"][0] == 7
+
+
+def test_permissive_stops_before_a_corrupt_chunk(tmp_path, rng):
+    movie = rng.poisson(0.8, size=(6, 64, 48)).astype(np.int8)
+    path = tmp_path / "bad.mrcz"
+    mrcz.writeMRC(movie, path, compressor="zstd", n_threads=1)
+    raw = bytearray(path.read_bytes())
+    third = 1024 + sum(_chunk_sizes(raw)[:3])
+    raw[third + 40:third + 200] = bytes(160)  # garble chunk 3's payload
+    path.write_bytes(bytes(raw))
+    with pytest.raises(mrcz.CorruptDataError):
+        mrcz.readMRC(path)
+    with pytest.warns(UserWarning, match="recovered 3 of"):
+        salvaged, _ = mrcz.readMRC(path, permissive=True)
+    np.testing.assert_array_equal(salvaged, movie[:3])
+
+
+def _chunk_sizes(raw) -> list[int]:
+    sizes, offset = [], 1024
+    while offset + 16 <= len(raw):
+        size = int.from_bytes(raw[offset + 12:offset + 16], "little")
+        sizes.append(size)
+        offset += size
+    return sizes
+
+
+def test_permissive_skips_undecodable_metadata(tmp_path, rng):
+    path = tmp_path / "meta.mrc"
+    image = rng.integers(0, 9, size=(2, 8, 8)).astype(np.int16)
+    mrcz.writeMRC(image, path, meta={"dose": 1.0})
+    raw = bytearray(path.read_bytes())
+    raw[1024:1026] = b"\xff\xfe"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(mrcz.FormatError, match="meta.mrc"):
+        mrcz.readMRC(path)
+    with pytest.warns(UserWarning, match="metadata skipped"):
+        back, header = mrcz.readMRC(path, permissive=True)
+    np.testing.assert_array_equal(back, image)
+    assert "dose" not in header
