@@ -27,8 +27,9 @@ class Stats:
         if frame.dtype.kind == "c":
             return cls(known=False)
         minimum, maximum, total = min_max_sum(frame)
-        m2 = float(np.var(frame, dtype=np.float64)) * frame.size if with_rms else None
-        return cls(frame.size, minimum, maximum, total / frame.size, m2)
+        mean = total / frame.size
+        m2 = squared_deviations(frame, mean, total) if with_rms else None
+        return cls(frame.size, minimum, maximum, mean, m2)
 
     def add(self, other: Stats) -> None:
         if not other.known:
@@ -89,3 +90,26 @@ def _accumulator(rows: np.ndarray) -> tuple[type, int, int]:
     if size == 2 and rows.shape[1] <= 2**15:  # along rows: 32768 * 65535 < 2**31
         return np.int32, 1, step
     return np.int64, 1, step
+
+
+def squared_deviations(frame: np.ndarray, mean: float, total: float) -> float:
+    """Sum of squared deviations from ``mean``, in cache-sized blocks of rows.
+
+    8- and 16-bit integers: exact, from the integer sum of squares; others:
+    float64 deviations from the frame's mean (no cancellation).
+    """
+    rows = frame.reshape(-1, frame.shape[-1]) if frame.ndim != 2 else frame
+    step = max(1, _BLOCK_BYTES // max(1, rows[0].nbytes))
+    if rows.dtype.kind == "f" or rows.dtype.itemsize > 2:
+        total_sq = 0.0
+        for i in range(0, rows.shape[0], step):
+            deviation = np.subtract(rows[i:i + step], mean, dtype=np.float64)
+            total_sq += float(np.add.reduce(deviation * deviation, axis=None))
+        return total_sq
+    wide = np.int32 if rows.dtype.itemsize == 1 else np.int64
+    squares = 0
+    for i in range(0, rows.shape[0], step):
+        block = rows[i:i + step].astype(wide)
+        squares += int(np.add.reduce(block * block, axis=None, dtype=np.int64))
+    count = rows.size
+    return float((squares * count - int(total) ** 2) / count)

@@ -170,3 +170,20 @@ def test_pipeline_cancel_waits_for_workers():
     threading.Timer(0.05, release.set).start()
     pipeline.cancel()
     assert done == [1]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32",
+                                   "float16", "float32"])
+def test_frame_statistics_match_numpy(dtype):
+    from mrcz.stats import Stats
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info:
+        frame = rng.integers(info.min, info.max, size=(300, 200), endpoint=True).astype(dtype)
+    else:
+        frame = (rng.normal(1000.0, 3.0, size=(300, 200))).astype(dtype)
+    stats = Stats.of_frame(frame, True)
+    wide = frame.astype(np.float64)
+    assert (stats.minimum, stats.maximum) == (wide.min(), wide.max())
+    assert stats.mean == pytest.approx(wide.mean(), rel=1e-12)
+    assert stats.m2 == pytest.approx(wide.var() * wide.size, rel=1e-9)
