@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,14 +12,34 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 CORES = os.cpu_count() or 1
-_POOL = ThreadPoolExecutor(max_workers=max(2, CORES), thread_name_prefix="mrcz-codec")
+_in_pool = threading.local()
+_POOL = ThreadPoolExecutor(max_workers=max(2, CORES), thread_name_prefix="mrcz-codec",
+                           initializer=setattr, initargs=(_in_pool, "worker", True))
+
+
+def _submit(func: Callable[[T], R], item: T) -> Future:
+    """Run ``func(item)`` on the pool, or at once in this thread where the pool cannot
+    be used: from one of its own threads (which would wait on themselves, e.g. a
+    lazy array whose frames are read with readMRC), or after interpreter shutdown
+    began (a user thread still writing)."""
+    if not getattr(_in_pool, "worker", False):
+        try:
+            return _POOL.submit(func, item)
+        except RuntimeError:  # cannot schedule new futures after interpreter shutdown
+            pass
+    future: Future = Future()
+    try:
+        future.set_result(func(item))
+    except BaseException as err:  # handed to the caller through the future, as the pool would
+        future.set_exception(err)
+    return future
 
 
 def ordered_map(func: Callable[[T], R], items: Iterable[T], n_threads: int) -> Iterator[R]:
     """Yield ``func(item)`` in order, with at most ``2 * n_threads`` items in flight.
 
-    With ``n_threads <= 1`` everything runs in the calling thread. Callers must not
-    be pool threads themselves (they would wait on their own pool).
+    With ``n_threads <= 1`` everything runs in the calling thread (so it does when
+    the caller is itself a pool thread).
     """
     if n_threads <= 1:
         yield from map(func, items)
@@ -26,7 +47,7 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], n_threads: int) -> I
     pending: deque[Future] = deque()
     try:
         for item in items:
-            pending.append(_POOL.submit(func, item))
+            pending.append(_submit(func, item))
             if len(pending) >= 2 * n_threads:
                 yield pending.popleft().result()
         while pending:
@@ -58,7 +79,7 @@ class Pipeline:
         if self._n_threads <= 1:
             self._consume(self._func(item))
             return
-        self._pending.append(_POOL.submit(self._func, item))
+        self._pending.append(_submit(self._func, item))
         while len(self._pending) >= self._depth:
             self._consume(self._pending.popleft().result())
 

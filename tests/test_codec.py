@@ -187,3 +187,28 @@ def test_frame_statistics_match_numpy(dtype):
     assert (stats.minimum, stats.maximum) == (wide.min(), wide.max())
     assert stats.mean == pytest.approx(wide.mean(), rel=1e-12)
     assert stats.m2 == pytest.approx(wide.var() * wide.size, rel=1e-9)
+
+
+def test_lazy_source_reading_with_the_pool_does_not_deadlock(tmp_path):
+    import mrcz
+
+    movie = np.random.default_rng(3).poisson(0.8, size=(6, 64, 64)).astype(np.int8)
+    mrcz.writeMRC(movie, tmp_path / "in.mrcz", compressor="zstd")
+
+    class LazyMovie:  # frames read on demand with a multi-threaded readMRC
+        shape, dtype = movie.shape, movie.dtype
+
+        def __getitem__(self, z):  # two slices, so the read itself uses the pool
+            first = min(z, len(movie) - 2)
+            pair = mrcz.readMRC(tmp_path / "in.mrcz", idx=(first, first + 1), n_threads=2)[0]
+            return pair[z - first]
+
+    done = threading.Event()
+
+    def convert():
+        mrcz.writeMRC(LazyMovie(), tmp_path / "out.mrcz", compressor="lz4", n_threads=2)
+        done.set()
+
+    threading.Thread(target=convert, daemon=True).start()
+    assert done.wait(30), "writeMRC deadlocked on the shared pool"
+    np.testing.assert_array_equal(mrcz.readMRC(tmp_path / "out.mrcz")[0], movie)
