@@ -91,6 +91,7 @@ class _BloscSettings:
         self._active = 0
         self._blocksize: int | None = None
         self._nthreads: int | None = None
+        self._saved = (0, 1)
         self._waiting: collections.Counter[tuple[int | None, int]] = collections.Counter()
 
     def _fits(self, request: tuple[int | None, int]) -> bool:
@@ -111,18 +112,19 @@ class _BloscSettings:
                 self._cond.wait()
             self._waiting[request] -= 1
             if not self._active:  # (re)apply: other code may have changed them meanwhile
+                self._saved = blosc.get_blocksize(), blosc.set_nthreads(nthreads)
                 if blocksize is not None:
                     blosc.set_blocksize(blocksize)
-                    self._blocksize = blocksize
-                blosc.set_nthreads(nthreads)
-                self._nthreads = nthreads
+                self._blocksize, self._nthreads = blocksize, nthreads
             self._active += 1
         try:
             yield
         finally:
             with self._cond:
                 self._active -= 1
-                if not self._active:
+                if not self._active:  # leave python-blosc as its other users set it
+                    blosc.set_blocksize(self._saved[0])
+                    blosc.set_nthreads(self._saved[1])
                     self._cond.notify_all()
 
 

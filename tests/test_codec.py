@@ -212,3 +212,21 @@ def test_lazy_source_reading_with_the_pool_does_not_deadlock(tmp_path):
     threading.Thread(target=convert, daemon=True).start()
     assert done.wait(30), "writeMRC deadlocked on the shared pool"
     np.testing.assert_array_equal(mrcz.readMRC(tmp_path / "out.mrcz")[0], movie)
+
+
+def test_python_blosc_settings_are_restored_for_other_users(tmp_path):
+    import blosc
+
+    import mrcz
+
+    blosc.set_blocksize(2**15)
+    before_threads = blosc.set_nthreads(3)
+    blosc.set_nthreads(3)
+    try:
+        mrcz.writeMRC(np.ones((3, 256, 256), np.int8), tmp_path / "x.mrcz", compressor="zstd")
+        mrcz.readMRC(tmp_path / "x.mrcz")
+        assert blosc.get_blocksize() == 2**15
+        assert blosc.set_nthreads(3) == 3
+    finally:
+        blosc.set_blocksize(0)
+        blosc.set_nthreads(before_threads)
