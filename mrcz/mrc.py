@@ -277,6 +277,17 @@ def _check_plain_size(f: BinaryIO, info: hdr.HeaderInfo, name: str) -> None:
                                "or not an MRC file)")
 
 
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, name: str) -> np.ndarray:
+    """``np.empty`` that reports a header asking for more memory than there is."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except MemoryError:
+        nbytes = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+        raise FormatError(f"{name}: the header describes {nbytes} bytes of data "
+                          f"(shape {shape}, {dtype}), more than can be allocated; corrupt "
+                          "header?") from None
+
+
 def _unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
     """Two pixels per byte, the even pixel in the low nibble; rows padded to whole bytes."""
     out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
@@ -365,7 +376,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             if permissive:
                 chunks = _whole_frames(chunks, first, count, slices, name)
                 count = len(chunks)
-            data = np.empty((count, ny, nx), dtype=info.dtype)
+            data = _allocate((count, ny, nx), info.dtype, name)
             if permissive:
                 kept = _salvage_compressed(fd, chunks, first, data, n_threads, name)
                 count = kept - (kept % slices if slices > 1 else 0)
@@ -377,11 +388,11 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
                 _read_compressed(fd, chunks, first, data, n_threads, name)
             chunk_version = _first_chunk_version(f, info)
         elif info.mode == hdr.MODE_UINT4:
-            packed = np.empty((count, ny, (nx + 1) // 2), dtype=np.uint8)
+            packed = _allocate((count, ny, (nx + 1) // 2), np.dtype(np.uint8), name)
             _read_plain(f, info, first, count, packed, name)
             data = _unpack_uint4(packed, nx)
         else:
-            data = np.empty((count, ny, nx), dtype=info.dtype)
+            data = _allocate((count, ny, nx), info.dtype, name)
             _read_plain(f, info, first, count, data, name)
     if not isinstance(data, np.memmap):
         data = _to_native(data, info)

@@ -13,7 +13,8 @@ from conftest import REPO, corpus_files
 
 HARNESS = Path(__file__).parent / "fuzz" / "mutate_and_read.py"
 MRC_FILES = (corpus_files("mrcz060", (".mrc", ".mrcz")) + corpus_files("mrcz041", (".mrc", ".mrcz"))
-             + corpus_files("mrcfile", (".mrc", ".mrcs")) + corpus_files("emdb", (".map",)))
+             + corpus_files("mrcfile", (".mrc", ".mrcs", ".gz", ".bz2"))
+             + corpus_files("emdb", (".map", ".gz")))
 DM_FILES = corpus_files("dm", (".dm3", ".dm4"))
 
 
@@ -50,4 +51,4 @@ def test_mutated_dm_files_raise_only_documented_errors(tmp_path):
 @pytest.mark.skipif(not MRC_FILES, reason="corpus not found")
 @pytest.mark.parametrize("seed", range(10, 20))
 def test_long_fuzz(tmp_path, seed):
-    check(run_harness(MRC_FILES + DM_FILES, 2000, seed, tmp_path, timeout=3000))
+    check(run_harness(MRC_FILES + DM_FILES, 20000, seed, tmp_path, timeout=3000))
