@@ -11,7 +11,8 @@
 #   export MRCZ_REFERENCE_VENVS=DIR
 #
 # Pins: mrcz <= 0.5.0 calls numpy.product (removed in numpy 2.0); mrcz 0.5.x
-# calls int() on one-element arrays, which numpy 2.4 refuses.
+# calls int() on one-element arrays, which numpy 2.4 refuses. 0.5.8 is left out:
+# its wheel puts its modules at the top of site-packages, so `import mrcz` fails.
 set -u
 set -f  # requirement lists hold brackets: no globbing
 
@@ -27,8 +28,17 @@ STAMP=.reference-ok
 REFERENCES=(
     "0.6.0|mrcz[compression,blosc2,faster-json]==0.6.0"
     "0.5.10|mrcz==0.5.10 blosc numpy<2.4"
+    "0.5.9|mrcz==0.5.9 blosc numpy<2"
+    "0.5.7|mrcz==0.5.7 blosc numpy<2"
+    "0.5.6|mrcz==0.5.6 blosc numpy<2"
+    "0.5.5|mrcz==0.5.5 blosc numpy<2"
+    "0.5.4|mrcz==0.5.4 blosc numpy<2"
+    "0.5.3|mrcz==0.5.3 blosc numpy<2"
+    "0.5.2|mrcz==0.5.2 blosc numpy<2"
+    "0.5.1|mrcz==0.5.1 blosc numpy<2"
     "0.5.0|mrcz==0.5.0 blosc numpy<2"
     "0.4.1|mrcz==0.4.1 blosc numpy<2"
+    "0.4.0|mrcz==0.4.0 blosc numpy<2"
 )
 
 # make_venv VERSION REQUIREMENTS...: build DIR/mrcz-VERSION unless stamped.

@@ -18,7 +18,8 @@ ENV = "MRCZ_REFERENCE_VENVS"
 #: Stamp tools/reference_venvs.sh leaves in a finished virtualenv.
 STAMP = ".reference-ok"
 #: Released versions tools/reference_venvs.sh tries to install, newest first.
-VERSIONS = ("0.6.0", "0.5.10", "0.5.0", "0.4.1")
+VERSIONS = ("0.6.0", "0.5.10", "0.5.9", "0.5.7", "0.5.6", "0.5.5", "0.5.4", "0.5.3",
+            "0.5.2", "0.5.1", "0.5.0", "0.4.1", "0.4.0")
 NO_VENVS = f"{ENV} is not set: run tools/reference_venvs.sh DIR and export {ENV}=DIR"
 #: Seconds one batch of reference reads or writes may take.
 TIMEOUT = 120
