@@ -529,12 +529,15 @@ def _unpack_packed(raw: np.ndarray) -> np.ndarray:
 
 
 def _read_into(f: Any, offset: int, out: np.ndarray, name: str) -> np.ndarray:
-    """Fill ``out`` with the bytes at ``offset`` of ``f`` (no intermediate copy)."""
+    """Fill ``out`` with the bytes at ``offset`` of ``f`` (no intermediate copy).
+
+    Positional reads, so threads may read frames of one open file at once.
+    """
     view = memoryview(out.reshape(-1).view(np.uint8))
-    f.seek(offset)
+    fd = f.fileno()
     done = 0
     while done < len(view):
-        n = f.readinto(view[done:])
+        n = os.preadv(fd, [view[done:]], offset + done)
         if not n:
             raise CorruptDataError(f"{name}: truncated image data at offset {offset + done}")
         done += n

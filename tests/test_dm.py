@@ -659,3 +659,23 @@ def test_nan_free_pixelsize_in_header_meta(tmp_path, rng):
     header = dm.dm_header_for_mrc(dm.readDM(write_dm(tmp_path, dmb.dm_file([entry])))[1])
     assert header["pixelsize"] == [1.0, 1.0, 1.0]
     assert all(math.isfinite(v) for v in header["pixelsize"])
+
+
+def test_frame_reader_is_safe_from_several_threads(tmp_path):
+    """Frames read concurrently (as writeMRC with n_threads > 1 does) are each right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mrcz.dm import DMFrameReader, readDM
+    stacks = [p for p in corpus_files("dm", (".dm4", ".dm3")) if p.parent.name == "3D"]
+    if not stacks:
+        pytest.skip("corpus not found")
+    for path in stacks[:4]:
+        expected, _ = readDM(path)
+        if expected.ndim != 3:
+            continue
+        with DMFrameReader(path) as reader:
+            order = list(range(len(reader))) * 50
+            with ThreadPoolExecutor(4) as pool:
+                frames = list(pool.map(reader.__getitem__, order))
+        for index, frame in zip(order, frames):
+            np.testing.assert_array_equal(frame, expected[index])
