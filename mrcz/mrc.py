@@ -334,7 +334,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     idx : z-slice ``k``, or an inclusive range ``(first, last)``; negative counts from
         the end. Works on compressed files too (only the chunks asked for are read).
     endian : ignored; the byte order is read from the file's machine stamp.
-    pixelunits : units of the returned ``pixelsize``: ``'\\AA'``, ``'nm'``, ``'\\mum'``
+    pixelunits : units of the returned ``pixelsize``: ``'\AA'``, ``'nm'``, ``'\mum'``
         or ``'pm'``.
     fileConvention : ``'ccpem'`` (MRC2014) or ``'eman2'`` mode numbers.
     useMemmap : return a copy-on-write ``numpy.memmap`` of a plain file.
@@ -551,7 +551,7 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
     endian : ``'le'`` or ``'be'``.
     dtype : cast to this dtype (or ``'uint4'``: 4-bit packing) before writing.
     pixelsize : ``[z, y, x]`` voxel size (one value for cubic voxels) in ``pixelunits``.
-    pixelunits : ``'\\AA'``, ``'nm'``, ``'\\mum'`` or ``'pm'``.
+    pixelunits : ``'\AA'``, ``'nm'``, ``'\mum'`` or ``'pm'``.
     shape : ignored (kept for compatibility).
     voltage, C3, gain : accelerating voltage (kV), spherical aberration (mm) and
         detector gain (counts per electron), stored in the header.
