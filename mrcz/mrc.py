@@ -1,6 +1,7 @@
 """readMRC / writeMRC: plain MRC2014 and blosc-compressed MRCZ files."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -520,6 +521,46 @@ def stats_wanted(quickStats: bool, compressor: str | None) -> bool | None:
     return False if compressor else None
 
 
+@dataclasses.dataclass(frozen=True)
+class WritePlan:
+    """What a write decides before any data: stored dtype, mode, JSON and header fields."""
+
+    stored: np.dtype
+    mode: int
+    widened: bool
+    meta_bytes: bytes
+    compressor: str | None
+    clevel: int
+    pixelsize: np.ndarray  # [z, y, x] in Angstrom
+    voltage: float
+    C3: float
+    gain: float
+
+    def header(self, source: FrameSource) -> np.ndarray:
+        """The header record for ``source`` written this way (statistics unset)."""
+        return _build_header(source, self.mode, self.stored, self.widened, self.compressor,
+                             self.clevel, self.pixelsize, self.voltage, self.C3, self.gain,
+                             self.meta_bytes)
+
+
+def plan_write(source: FrameSource, dtype: Any, name: str, meta: dict | None, endian: str,
+               pixelsize: Any, pixelunits: str, voltage: float, C3: float, gain: float,
+               compressor: str | None, clevel: int) -> WritePlan:
+    """Check writeMRC's arguments against ``source`` and decide how it is stored."""
+    stored, mode, widened = _stored_dtype(source, dtype, endian, name)
+    if mode == hdr.MODE_UINT4 and (compressor or source.slices):
+        raise TypeError(f"{name}: uint4 packing works only for plain, monolithic arrays")
+    pixelsize_aa = _pixelsize_angstrom(pixelsize, pixelunits)
+    _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
+                                "pixelsize": pixelsize}, name)
+    meta_out = dict(meta) if meta is not None else None
+    if source.slices and not compressor:
+        meta_out = {**(meta_out or {}), "slices": source.slices}
+    meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
+    return WritePlan(stored, mode, widened, meta_bytes, compressor, clevel, pixelsize_aa,
+                     float(voltage or 0.0), float(C3 or 0.0), float(gain or 1.0))
+
+
 def _set_stats(rec: np.ndarray, stats: Stats) -> None:
     rec["dmin"], rec["dmax"], rec["dmean"], rec["rms"] = stats.header_values()
 
@@ -590,28 +631,18 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         return
     if idx not in (None, 0):
         raise IndexError(f"{name}: idx={idx} given but the file does not exist yet")
-    stored, mode, widened = _stored_dtype(source, dtype, endian, name)
-    if mode == hdr.MODE_UINT4 and (compressor or source.slices):
-        raise TypeError(f"{name}: uint4 packing works only for plain, monolithic arrays")
-    pixelsize_aa = _pixelsize_angstrom(pixelsize, pixelunits)
-    _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
-                                "pixelsize": pixelsize}, name)
-    meta_out = dict(meta) if meta is not None else None
-    if source.slices and not compressor:
-        meta_out = {**(meta_out or {}), "slices": source.slices}
-    meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
-    rec = _build_header(source, mode, stored, widened, compressor, clevel, pixelsize_aa,
-                        float(voltage or 0.0), float(C3 or 0.0), float(gain or 1.0),
-                        meta_bytes)
+    plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage, C3,
+                      gain, compressor, clevel)
+    rec = plan.header(source)
     with atomic_output(MRCfilename) as f:
         f.write(rec.tobytes())
-        f.write(meta_bytes)
+        f.write(plan.meta_bytes)
         if compressor:
-            stats, packed = _write_compressed(f, source, stored, compressor, clevel, backend,
-                                              n_threads, not quickStats, name)
+            stats, packed = _write_compressed(f, source, plan.stored, compressor, clevel,
+                                              backend, n_threads, not quickStats, name)
             rec["packed_bytes"] = packed
         else:
-            stats = _write_plain(f, source, stored, mode, n_threads,
+            stats = _write_plain(f, source, plan.stored, plan.mode, n_threads,
                                  stats_wanted(quickStats, None), name)
         _set_stats(rec, stats)
         f.seek(0)

@@ -25,14 +25,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import codec, header as hdr, meta as jsonmeta, mrc
+from . import codec, header as hdr, mrc
 from .atomic import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
-from .mrc import (ANGSTROM, _build_header, _check_compressor, _check_plain_size,
-                  _pixelsize_angstrom, _report_meta_clashes, _set_stats, _stored_dtype,
-                  _stored_slice, _to_native, _unpack_uint4, header_dict, open_for_read,
-                  read_header_and_meta)
+from .mrc import (ANGSTROM, _check_compressor, _check_plain_size, _set_stats, _stored_slice,
+                  _to_native, _unpack_uint4, header_dict, open_for_read, read_header_and_meta)
 from .stats import Stats
 from .workers import Pipeline, ordered_map
 
@@ -207,19 +205,9 @@ class MRCZWriter:
             raise ValueError(f"{self.name}: slices must be 0 or 1, got {slices}")
         self._slices = slices
         template = FrameSource((1, self._ny, self._nx), self.dtype, slices, None, False)
-        stored, mode, widened = _stored_dtype(template, target, endian, self.name)
-        if mode == hdr.MODE_UINT4 and (compressor or slices):
-            raise TypeError(f"{self.name}: uint4 packing works only for plain, monolithic "
-                            "arrays")
-        _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
-                                    "pixelsize": pixelsize}, self.name)
-        meta_out = dict(meta) if meta is not None else None
-        if slices and not compressor:
-            meta_out = {**(meta_out or {}), "slices": slices}
-        meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
-        self._header_args = (mode, stored, widened, compressor, clevel,
-                             _pixelsize_angstrom(pixelsize, pixelunits), float(voltage or 0.0),
-                             float(C3 or 0.0), float(gain or 1.0), meta_bytes)
+        self._plan = mrc.plan_write(template, target, self.name, meta, endian, pixelsize,
+                                    pixelunits, voltage, C3, gain, compressor, clevel)
+        stored, mode, meta_bytes = self._plan.stored, self._plan.mode, self._plan.meta_bytes
         n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
         self.nz = 0
         self._stack = contextlib.ExitStack()
@@ -272,11 +260,10 @@ class MRCZWriter:
             self._discard(MRCZError(f"{self.name}: writing aborted"))
 
     def _final_header(self) -> np.ndarray:
-        mode, stored, widened, compressor, *rest = self._header_args
         source = FrameSource((self.nz, self._ny, self._nx), self.dtype, self._slices, None,
                              False)
-        rec = _build_header(source, mode, stored, widened, compressor, *rest)
-        if compressor:
+        rec = self._plan.header(source)
+        if self._plan.compressor:
             rec["packed_bytes"] = self._appender.packed
         _set_stats(rec, self._appender.stats)
         return rec

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import zstandard
 
-from . import header as hdr, meta as jsonmeta
+from . import header as hdr
 from . import mrc as _mrc
 from .atomic import atomic_output
 from .errors import CorruptDataError, UnsupportedError, describe
@@ -340,20 +340,9 @@ def _plan(input_image: Any, name: str, meta: dict | None, endian: str, dtype: An
           gain: float) -> tuple[FrameSource, np.dtype, int, np.ndarray, bytes]:
     """What ``writeMRC`` decides for a plain file: source, stored dtype, mode, header, JSON."""
     source = frame_source(input_image, name)
-    stored, mode, widened = _mrc._stored_dtype(source, dtype, endian, name)
-    if mode == hdr.MODE_UINT4 and source.slices:
-        raise TypeError(f"{name}: uint4 packing works only for plain, monolithic arrays")
-    pixelsize_aa = _mrc._pixelsize_angstrom(pixelsize, pixelunits)
-    _mrc._report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
-                                     "pixelsize": pixelsize}, name)
-    meta_out = dict(meta) if meta is not None else None
-    if source.slices:
-        meta_out = {**(meta_out or {}), "slices": source.slices}
-    meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
-    rec = _mrc._build_header(source, mode, stored, widened, None, 0, pixelsize_aa,
-                             float(voltage or 0.0), float(C3 or 0.0), float(gain or 1.0),
-                             meta_bytes)
-    return source, stored, mode, rec, meta_bytes
+    plan = _mrc.plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage,
+                           C3, gain, None, 0)
+    return source, plan.stored, plan.mode, plan.header(source), plan.meta_bytes
 
 
 def _gather_stats(source: FrameSource, with_rms: bool | None, n_threads: int) -> Stats:
