@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,10 +42,6 @@ class FrameSource:
             frame, within = divmod(z, self.slices)
             return np.asarray(self._items[frame][within])
         return np.asarray(self._items[z])
-
-    def slices_iter(self) -> Iterator[np.ndarray]:
-        for z in range(self.shape[0]):
-            yield self.get(z)
 
 
 def _narrowed(dtype: np.dtype, name: str) -> np.dtype:

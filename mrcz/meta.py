@@ -21,14 +21,6 @@ MAX_META_DEPTH = 64
 _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
-#: Keys the header dict owns: same-named JSON keys never override them.
-HEADER_KEYS = frozenset({
-    "fileConvention", "endian", "MRCtype", "dimensions", "dtype", "compressor", "backend",
-    "bloscFormat", "packedBytes", "clevel", "n_threads", "maxImage", "minImage", "meanImage",
-    "rmsImage", "pixelsize", "pixelunits", "voltage", "C3", "gain", "extendedBytes", "metaId",
-    "meta",
-})
-
 
 def _to_json(value: Any) -> Any:
     """Convert what JSON cannot hold natively: numpy values, Enums, ``serialize()``."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import warnings
 from typing import Any, BinaryIO
@@ -16,8 +15,6 @@ from .frames import WRITABLE_MODES, FrameSource, frame_source
 from .stats import Stats
 from .version import __version__
 from .workers import CORES, ordered_map
-
-logger = logging.getLogger("mrcz")
 
 ANGSTROM = "\\AA"
 #: How many of each unit make one Angstrom.
@@ -63,14 +60,6 @@ def open_for_read(path: Any, memmap: bool = False) -> BinaryIO:
     from . import wholefile  # wholefile imports this module
 
     return wholefile.open_for_read(path, memmap)
-
-
-def _read_exact(f: BinaryIO, nbytes: int, name: str, what: str) -> bytes:
-    raw = f.read(nbytes)
-    if len(raw) != nbytes:
-        raise CorruptDataError(f"{name}: file ends inside the {what} "
-                               f"({len(raw)} of {nbytes} bytes; truncated file)")
-    return raw
 
 
 def _file_size(f: BinaryIO) -> int | None:
