@@ -170,3 +170,16 @@ def test_permissive_skips_undecodable_metadata(tmp_path, rng):
         back, header = mrcz.readMRC(path, permissive=True)
     np.testing.assert_array_equal(back, image)
     assert "dose" not in header
+
+
+@pytest.mark.parametrize("endian", ["le", "be"])
+def test_bad_map_id_and_machine_stamp_still_read(tmp_path, rng, endian):
+    path = tmp_path / "stamp.mrc"
+    image = rng.normal(size=(3, 8, 6)).astype(np.float32)
+    mrcz.writeMRC(image, path, endian=endian)
+    raw = bytearray(path.read_bytes())
+    raw[208:216] = b"XXXX\x00\x00\x00\x00"  # map ID and machine stamp destroyed
+    path.write_bytes(bytes(raw))
+    back, header = mrcz.readMRC(path)
+    np.testing.assert_array_equal(back, image)
+    assert header["endian"] == endian
