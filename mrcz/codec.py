@@ -17,8 +17,7 @@ import mmap
 import os
 import threading
 from collections.abc import Iterator
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import blosc
 import numpy as np
@@ -208,7 +207,7 @@ def decompress_into(chunk: memoryview | bytes, out: np.ndarray, name: str,
                                f"dimensions need {out.nbytes}")
     try:
         if header.version <= 2:
-            with _SETTINGS.use(None, nthreads) if nthreads > 1 else contextlib.nullcontext():
+            with _SETTINGS.use(None, nthreads) if nthreads > 1 else nullcontext():
                 written = blosc.decompress_ptr(chunk, out.ctypes.data)
         else:
             _blosc2().decompress(chunk, dst=out.view(np.uint8).reshape(-1))
@@ -217,6 +216,17 @@ def decompress_into(chunk: memoryview | bytes, out: np.ndarray, name: str,
         raise CorruptDataError(f"{name}: a compressed chunk cannot be decoded ({err})") from None
     if written != out.nbytes:
         raise CorruptDataError(f"{name}: a chunk decoded to {written} bytes, not {out.nbytes}")
+
+
+def read_chunk_into(fd: int, chunk: tuple[int, int], index: int, out: np.ndarray, name: str,
+                    nthreads: int = 1) -> None:
+    """Read chunk ``index`` (``(offset, cbytes)`` from :func:`index_chunks`) and decode it
+    into ``out``, through this thread's reusable buffer."""
+    offset, cbytes = chunk
+    view = read_buffer(cbytes)
+    if os.preadv(fd, [view], offset) != cbytes:
+        raise CorruptDataError(f"{name}: chunk {index} is truncated")
+    decompress_into(view, out, name, nthreads)
 
 
 def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,

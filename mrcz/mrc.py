@@ -230,11 +230,7 @@ def _read_compressed(fd: int, chunks: list[tuple[int, int]], first: int, out: np
     count = len(chunks)
 
     def decompress(index: int) -> None:
-        offset, cbytes = chunks[index]
-        view = codec.read_buffer(cbytes)
-        if os.preadv(fd, [view], offset) != cbytes:
-            raise CorruptDataError(f"{name}: chunk {first + index} is truncated")
-        codec.decompress_into(view, out[index], name, blosc_threads)
+        codec.read_chunk_into(fd, chunks[index], first + index, out[index], name, blosc_threads)
 
     frames_at_once, blosc_threads = codec.read_plan(chunks, n_threads)
     for _ in ordered_map(decompress, range(count), frames_at_once):

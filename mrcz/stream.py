@@ -394,7 +394,7 @@ class MRCZReader:
                   and info.mode != hdr.MODE_UINT4)
         raw = out if direct else np.empty(self._raw_shape(), dtype=info.dtype)
         if info.compressor is not None:
-            self._read_chunk(k, raw, blosc_threads)
+            codec.read_chunk_into(self._fd, self._chunks[k], k, raw, self.name, blosc_threads)
         else:
             self._read_plain(k, raw)
         if not direct:
@@ -411,13 +411,6 @@ class MRCZReader:
         if not -nz <= k < nz:
             raise IndexError(f"{self.name}: slice {k} is outside the file's {nz} slices")
         return k % nz
-
-    def _read_chunk(self, k: int, out: np.ndarray, blosc_threads: int) -> None:
-        offset, cbytes = self._chunks[k]
-        buf = codec.read_buffer(cbytes)
-        if os.preadv(self._fd, [buf], offset) != cbytes:
-            raise CorruptDataError(f"{self.name}: chunk {k} is truncated")
-        codec.decompress_into(buf, out, self.name, blosc_threads)
 
     def _read_plain(self, k: int, out: np.ndarray) -> None:
         offset = self._info.data_offset + k * self._slice_bytes
