@@ -472,18 +472,16 @@ def _build_header(source: FrameSource, mode: int, stored: np.dtype, widened: boo
     code = hdr.REVERSE_COMPRESSOR_ENUM[compressor] if compressor else 0
     rec["mode"] = mode + hdr.MRC_COMP_RATIO * code
     rec["mx"], rec["my"] = nx, ny
+    rec["ispg"] = 1 if (source.slices == 0 and nz > 1) else 0
+    rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
     if compressor:
         rec["mz"] = source.slices
-        rec["ispg"] = 1 if (source.slices == 0 and nz > 1) else 0
-        rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
         rec["mrcz_clevel"] = clevel + 1
     else:
         # mz = nz keeps the z voxel size right both in MRC2014 readers (cella / m) and
         # in mrcz 0.5-0.6 (cella / n); lists are image stacks (their grouping is in
         # the JSON metadata). uint4 keeps mz = 0, which mrcz 0.6 needs to unpack it.
         rec["mz"] = 0 if mode == hdr.MODE_UINT4 else nz
-        rec["ispg"] = 1 if (source.slices == 0 and nz > 1) else 0
-        rec["cella"] = (pixelsize * [nz, ny, nx])[::-1]
     rec["mrcz_dtype"] = hdr.DTYPE_UINT8_WIDENED if widened else 0
     rec["voltage"], rec["C3"], rec["gain"] = voltage, C3, gain
     rec["nlabl"] = 1
@@ -622,13 +620,13 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
     with atomic_output(MRCfilename) as f:
         f.write(rec.tobytes())
         f.write(plan.meta_bytes)
+        wanted = stats_wanted(quickStats, compressor)
         if compressor:
             stats, packed = _write_compressed(f, source, plan.stored, compressor, clevel,
-                                              backend, n_threads, not quickStats, name)
+                                              backend, n_threads, wanted, name)
             rec["packed_bytes"] = packed
         else:
-            stats = _write_plain(f, source, plan.stored, plan.mode, n_threads,
-                                 stats_wanted(quickStats, None), name)
+            stats = _write_plain(f, source, plan.stored, plan.mode, n_threads, wanted, name)
         _set_stats(rec, stats)
         f.seek(0)
         f.write(rec.tobytes())
