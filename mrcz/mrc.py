@@ -174,19 +174,16 @@ def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
     return fd, chunks
 
 
-def _salvage_warning(name: str, kept: int, wanted: int) -> None:
+def _whole_frames(kept: int, wanted: int, slices: int, name: str) -> int:
+    """Salvaged slices cut to whole frames; warn when short, raise when none is left."""
+    if slices > 1:
+        kept -= kept % slices
+    if not kept:
+        raise CorruptDataError(f"{name}: no complete frame is left in the damaged file")
     if kept < wanted:
         warnings.warn(f"{name}: damaged file; recovered {kept} of {wanted} slices",
                       stacklevel=3)
-
-
-def _whole_frames(chunks: list, first: int, count: int, slices: int, name: str) -> list:
-    """The indexed chunks cut to whole frames, or CorruptDataError if none is left."""
-    keep = len(chunks) - (len(chunks) % slices if slices > 1 else 0)
-    if not keep:
-        raise CorruptDataError(f"{name}: no complete frame is left in the damaged file")
-    _salvage_warning(name, keep, count)
-    return chunks[:keep]
+    return kept
 
 
 def _salvageable_plain(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
@@ -197,29 +194,22 @@ def _salvageable_plain(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int
         return count
     slice_bytes = hdr.stored_nbytes(info) // info.shape[0]
     whole = max(0, (size - info.data_offset) // slice_bytes - first)
-    keep = min(count, whole)
-    if slices > 1:
-        keep -= keep % slices
-    if not keep:
-        raise CorruptDataError(f"{name}: no complete slice is left in the damaged file")
-    _salvage_warning(name, keep, count)
-    return keep
+    return _whole_frames(min(count, whole), count, slices, name)
 
 
 def _salvage_compressed(fd: int, chunks: list, first: int, out: np.ndarray,
                         n_threads: int, name: str) -> int:
-    """Decode ``chunks`` into ``out``; on a bad chunk keep the frames before it."""
+    """Decode ``chunks`` into ``out``; return how many decoded before the first bad one."""
+    if not chunks:
+        return 0
     try:
         _read_compressed(fd, chunks, first, out, n_threads, name)
         return len(chunks)
     except CorruptDataError:
         for index, chunk in enumerate(chunks):
             try:
-                _read_compressed(fd, [chunk], first + index, out[index:index + 1], 1, name)
+                codec.read_chunk_into(fd, chunk, first + index, out[index], name)
             except CorruptDataError:
-                if not index:
-                    raise
-                _salvage_warning(name, index, len(chunks))
                 return index
     return len(chunks)
 
@@ -359,16 +349,10 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
             fd, chunks = _index_compressed(f, info, first, count, name, permissive)
-            if permissive:
-                chunks = _whole_frames(chunks, first, count, slices, name)
-                count = len(chunks)
-            data = _allocate((count, ny, nx), info.dtype, name)
+            data = _allocate((len(chunks), ny, nx), info.dtype, name)
             if permissive:
                 kept = _salvage_compressed(fd, chunks, first, data, n_threads, name)
-                count = kept - (kept % slices if slices > 1 else 0)
-                if not count:
-                    raise CorruptDataError(f"{name}: no complete frame is left in the "
-                                           "damaged file")
+                count = _whole_frames(kept, count, slices, name)
                 data = data[:count]
             else:
                 _read_compressed(fd, chunks, first, data, n_threads, name)

@@ -183,3 +183,11 @@ def test_bad_map_id_and_machine_stamp_still_read(tmp_path, rng, endian):
     back, header = mrcz.readMRC(path)
     np.testing.assert_array_equal(back, image)
     assert header["endian"] == endian
+
+
+def test_permissive_with_no_complete_frame_is_a_clear_error(tmp_path, rng):
+    path = tmp_path / "stub.mrcz"
+    mrcz.writeMRC(rng.poisson(0.8, size=(4, 64, 48)).astype(np.int8), path, compressor="zstd")
+    path.write_bytes(path.read_bytes()[:1030])  # inside the first chunk's header
+    with pytest.raises(mrcz.CorruptDataError, match="stub.mrcz.*no complete frame"):
+        mrcz.readMRC(path, permissive=True)
