@@ -14,11 +14,9 @@ them itself) are the exceptions.
 from __future__ import annotations
 
 import argparse
-import bz2
 import concurrent.futures
 import contextlib
 import dataclasses
-import gzip
 import json
 import multiprocessing
 import os
@@ -33,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import header as hdr
-from .atomic import atomic_output
+from . import header as hdr, wholefile
 from .errors import MRCZError
 from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
                   writeMRC)
@@ -44,8 +41,6 @@ from .version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DM_SUFFIXES = (".dm3", ".dm4")
-WHOLE_FILE = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
-_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
 MRC_SUFFIXES = (".mrcz", ".mrcs", ".mrc", ".map", ".st", ".ali", ".rec")
 #: Source dtypes --auto-dtype narrows, and the integer types it tries, narrowest first.
 AUTO_FROM = ("float32", "float64", "int16", "uint16", "int32", "uint32")
@@ -72,17 +67,8 @@ class Loaded:
 def whole_file_codec(path: str | os.PathLike) -> str | None:
     """``'gzip'``, ``'bz2'`` or ``'zstd'`` when the file is whole-file compressed."""
     with open(path, "rb") as f:
-        start = f.read(4)
-    return next((codec for magic, codec in _MAGIC.items() if start.startswith(magic)), None)
-
-
-def _open_whole(path: str | os.PathLike, codec: str):
-    if codec == "gzip":
-        return gzip.open(path, "rb")
-    if codec == "bz2":
-        return bz2.open(path, "rb")
-    import zstandard
-    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        codec = wholefile.detect(f.read(4))
+    return "bz2" if codec == "bzip2" else codec
 
 
 @contextlib.contextmanager
@@ -98,7 +84,9 @@ def readable_mrc(path: str | os.PathLike) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="mrcz-") as tmp:
         plain = os.path.join(tmp, Path(path).stem)
-        with _open_whole(path, codec) as src, open(plain, "wb") as dst:
+        stream = wholefile.StreamReader(open(path, "rb"), "bzip2" if codec == "bz2" else codec,
+                                        os.fspath(path))
+        with stream as src, open(plain, "wb") as dst:
             shutil.copyfileobj(src, dst, _COPY)
         yield plain
 
@@ -175,54 +163,20 @@ def _load_dm(path: str | os.PathLike) -> Loaded:
 
 # ============================================================================= outputs
 
-def output_format(path: str | os.PathLike) -> tuple[bool, str | None]:
-    """``(compressed MRCZ, whole-file codec)`` chosen by the output name."""
-    name = os.fspath(path).lower()
-    for suffix, codec in WHOLE_FILE.items():
-        if name.endswith(suffix):
-            return False, codec
-    return name.endswith(".mrcz"), None
+def is_mrcz_output(path: str | os.PathLike) -> bool:
+    """True when the output name asks for compressed MRCZ (``.mrcz``); ``.gz``, ``.bz2``
+    and ``.zst`` names get a whole-file compressed plain MRC from writeMRC."""
+    return os.fspath(path).lower().endswith(".mrcz")
 
 
 def save_output(image: Any, out: str | os.PathLike, kwargs: dict, compressor: str | None,
                 clevel: int, threads: int | None) -> None:
     """Write ``image`` to ``out`` (plain, MRCZ, or plain inside gz/bz2/zst), atomically."""
-    _, codec = output_format(out)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if codec is None or _native_whole_file():
-            writeMRC(image, out, compressor=compressor, clevel=clevel, n_threads=threads,
-                     **kwargs)
-            return
-        folder = os.path.dirname(os.path.abspath(out))
-        with tempfile.TemporaryDirectory(prefix=".mrcz-", dir=folder) as tmp:
-            plain = os.path.join(tmp, "plain.mrc")
-            writeMRC(image, plain, n_threads=threads, **kwargs)
-            _compress_whole(plain, out, codec, clevel)
-
-
-def _native_whole_file() -> bool:
-    """True when writeMRC itself writes .gz/.bz2/.zst names (mrcz.wholefile)."""
-    try:
-        from . import wholefile  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _compress_whole(plain: str, out: str | os.PathLike, codec: str, clevel: int) -> None:
-    level = max(1, min(int(clevel), 9))
-    with open(plain, "rb") as src, atomic_output(out) as dst:
-        if codec == "gzip":
-            with gzip.GzipFile(fileobj=dst, mode="wb", compresslevel=level, mtime=0) as z:
-                shutil.copyfileobj(src, z, _COPY)
-        elif codec == "bz2":
-            with bz2.BZ2File(dst, "wb", compresslevel=level) as z:
-                shutil.copyfileobj(src, z, _COPY)
-        else:
-            import zstandard
-            zstandard.ZstdCompressor(level=level).copy_stream(src, dst)
+        writeMRC(image, out, compressor=compressor, clevel=clevel, n_threads=threads,
+                 **kwargs)  # names ending .gz/.bz2/.zst: writeMRC compresses the whole file
 
 
 def frames_of(image: Any) -> Iterator[np.ndarray]:
@@ -428,7 +382,7 @@ def _write_checked(task: Task, loaded: Loaded, temp: str) -> str:
         image, kwargs, note = apply_auto_dtype(image, kwargs)
     if not note:
         image, note = mrc_compatible(image)
-    compressed, _ = output_format(task.target)
+    compressed = is_mrcz_output(task.target)
     try:
         save_output(image, temp, kwargs, task.compressor if compressed else None,
                     task.clevel, task.threads)
@@ -516,7 +470,7 @@ def _target(source: str, args: argparse.Namespace, default_suffix: str) -> str:
 
 def _with_suffix(path: str, suffix: str) -> str:
     base = path
-    for whole in WHOLE_FILE:
+    for whole in wholefile.SUFFIXES:
         if base.lower().endswith(whole):
             base = base[: -len(whole)]
             break
