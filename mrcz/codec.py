@@ -30,6 +30,8 @@ class MissingCodecError(UnsupportedError, RuntimeError):
     """A blosc2 codec plugin is not installed."""
 
 CHUNK_HEADER_BYTES = 16
+#: blosc2 chunks whose flags set both shuffle bits carry 16 more header bytes.
+EXTENDED_HEADER_BYTES = 32
 #: Largest frame one blosc 1.x chunk can hold.
 MAX_CHUNK_NBYTES = blosc.MAX_BUFFERSIZE
 BLOSC1_CODECS = frozenset(blosc.compressor_list())
@@ -74,6 +76,54 @@ class ChunkHeader:
         if self.flags & 0x4:
             return "bit"
         return "byte" if self.flags & 0x1 else "none"
+
+
+# What a chunk may ask of a codec library. Anything else (a user-defined codec or
+# filter, a codec kept in a super-chunk, a lazy chunk) is refused before any library
+# sees the chunk: blosc2 answers unknown codec and filter ids by loading a plugin,
+# which runs Python and imports modules from the current folder.
+#: Blosc chunk-format versions: 1-2 written by blosc 1.x, 3-5 by blosc2.
+BLOSC1_VERSIONS = frozenset({1, 2})
+BLOSC2_VERSIONS = frozenset({3, 4, 5})
+#: Compressor format (flags bits 5-7) -> the codec ids blosc2 may name for it (byte 22).
+_FORMAT_CODECS = {0: {0}, 1: {1, 2}, 2: set(), 3: {4}, 4: {5}}
+#: blosc2 filter ids: none, byte shuffle, bit shuffle.
+_KNOWN_FILTERS = frozenset({0, 1, 2})
+#: blosc2_flags (byte 31): bit 0 (zstd dictionary) and special values 0-4 (bits 4-6).
+_ALLOWED_BLOSC2_FLAGS = 0x01 | 0x70
+_MAX_SPECIAL_VALUE = 4
+
+
+def chunk_risk(raw: bytes | memoryview) -> str | None:
+    """Why the chunk starting with ``raw`` must not reach a codec library (None: it may).
+
+    ``raw`` holds the first :data:`EXTENDED_HEADER_BYTES` of the chunk (fewer
+    where the chunk is shorter). Only the codecs and filters this package knows
+    pass: blosclz, lz4, lz4hc, snappy (blosc 1.x), zlib, zstd; no filter, byte
+    or bit shuffle.
+    """
+    raw = bytes(raw[:EXTENDED_HEADER_BYTES])
+    if len(raw) < CHUNK_HEADER_BYTES:
+        return "is shorter than a blosc chunk header"
+    version, flags = raw[0], raw[2]
+    compformat = flags >> 5
+    if version not in BLOSC1_VERSIONS | BLOSC2_VERSIONS:
+        return f"has an unknown blosc format version {version}"
+    if compformat not in _FORMAT_CODECS:
+        return f"names compressor format {compformat}, not a codec this package reads"
+    if version in BLOSC1_VERSIONS or flags & 0x05 != 0x05:
+        return None  # a plain 16-byte header: the codec is one of the built-in formats
+    if len(raw) < EXTENDED_HEADER_BYTES:
+        return "has a truncated blosc2 extended header"
+    filters, codec_id, blosc2_flags = raw[16:22], raw[22], raw[31]
+    if codec_id not in _FORMAT_CODECS[compformat]:
+        return f"names codec id {codec_id}, not a codec this package reads"
+    unknown = sorted(set(filters) - _KNOWN_FILTERS)
+    if unknown:
+        return f"names filter id {unknown[0]}, not a filter this package reads"
+    if blosc2_flags & ~_ALLOWED_BLOSC2_FLAGS & 0xFF or (blosc2_flags >> 4) & 0x7 > _MAX_SPECIAL_VALUE:
+        return f"sets blosc2 flags {blosc2_flags:#04x} this package does not read"
+    return None
 
 
 class _BloscSettings:
@@ -201,7 +251,13 @@ def decompress_into(chunk: memoryview | bytes, out: np.ndarray, name: str,
     ``nthreads > 1`` splits the chunk's blocks over blosc's own threads: for one
     frame read alone (frames read together go one per pool thread instead).
     """
+    risk = chunk_risk(chunk)
+    if risk:
+        raise CorruptDataError(f"{name}: a compressed chunk {risk}")
     header = ChunkHeader.parse(bytes(chunk[:CHUNK_HEADER_BYTES]))
+    if header.cbytes != len(chunk):
+        raise CorruptDataError(f"{name}: a chunk says it holds {header.cbytes} compressed "
+                               f"bytes but {len(chunk)} were read")
     if header.nbytes != out.nbytes:
         raise CorruptDataError(f"{name}: a chunk holds {header.nbytes} bytes where the header "
                                f"dimensions need {out.nbytes}")
@@ -240,7 +296,7 @@ def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,
     chunks: list[tuple[int, int]] = []
     offset = start
     for index in range(count):
-        raw = os.pread(fd, CHUNK_HEADER_BYTES, offset)
+        raw = os.pread(fd, EXTENDED_HEADER_BYTES, offset)
         problem = _chunk_problem(raw, offset, end, frame_nbytes)
         if problem:
             if partial:
@@ -256,6 +312,9 @@ def _chunk_problem(raw: bytes, offset: int, end: int, frame_nbytes: int) -> str 
     """What is wrong with the chunk whose header is ``raw`` (None: nothing)."""
     if len(raw) < CHUNK_HEADER_BYTES:
         return "is missing: the data block ends first (truncated file)"
+    risk = chunk_risk(raw)
+    if risk:
+        return risk
     header = ChunkHeader.parse(raw)
     if header.nbytes != frame_nbytes or header.cbytes < CHUNK_HEADER_BYTES:
         return (f"has an inconsistent header (holds {header.nbytes} bytes in "
