@@ -51,11 +51,13 @@ def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int
         else:
             rec["packed_bytes"] = _append_compressed(f, info, source, idx, clevel, backend,
                                                      n_threads, with_rms, name, stats)
-        if not info.mz_is_slices and int(rec["mz"]) == nz and nz > 1:
+        if not info.mz_is_slices and int(rec["mz"]) == nz:
             rec["mz"] = new_nz
             rec["cella"][2] = rec["cella"][2] / nz * new_nz
         elif info.mz_is_slices or info.legacy_mrcz:
             rec["cella"][2] = rec["cella"][2] / nz * new_nz
+        if nz == 1 < new_nz and info.written_by_us and info.compressor is None:
+            rec["ispg"] = 1  # an image grown into a stack reads back as an array
         rec["nz"] = new_nz
         _set_stats(rec, stats)
         f.seek(0)

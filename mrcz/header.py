@@ -116,6 +116,18 @@ class HeaderInfo:
         return self.compressor is not None or original_plain
 
     @property
+    def written_as_image_stack(self) -> bool:
+        """True for a plain image stack (ispg 0, nz > 1) labelled MRCZ >= 1.0: this
+        package writes a list of 2-D frames that way, and arrays with ispg 1."""
+        return (self.written_by_us and self.compressor is None
+                and int(self.record["ispg"]) == 0 and self.shape[0] > 1)
+
+    @property
+    def written_by_us(self) -> bool:
+        """True for files labelled MRCZ 1.0 or later."""
+        return self.mrcz_version is not None and self.mrcz_version >= (1, 0)
+
+    @property
     def widened_uint8(self) -> bool:
         rec = self.record
         return (rec["mrcz_magic"] == b"MZ" and int(rec["mrcz_dtype"]) == DTYPE_UINT8_WIDENED

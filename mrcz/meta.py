@@ -33,15 +33,21 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in JSON metadata: {value!r}")
 
 
+#: The extended header is padded with spaces to a multiple of this: readers such as
+#: gemmi expect the data block to start 4-byte aligned.
+ALIGNMENT = 4
+
+
 def encode(meta: dict) -> bytes:
-    """Serialise a metadata dict to UTF-8 JSON bytes."""
+    """Serialise a metadata dict to UTF-8 JSON bytes, space-padded to :data:`ALIGNMENT`."""
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     try:
         text = _json.dumps(meta, default=_to_json, ensure_ascii=False)
     except (TypeError, ValueError, OverflowError) as err:
         raise TypeError(f"metadata cannot be written as JSON: {err}") from err
-    return text.encode("utf-8")
+    raw = text.encode("utf-8")
+    return raw + b" " * (-len(raw) % ALIGNMENT)
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -89,35 +89,71 @@ def read_header_and_meta(f: BinaryIO, name: str, convention: str = "ccpem",
     return info, meta
 
 
+class HeaderDict(dict):
+    """The header dict readMRC returns: mrcz 0.6.0's items, plus fields on lookup.
+
+    Its stored items are exactly the keys the original returns for the same file
+    (and the JSON metadata keys), so code that copies or compares every item, as
+    rosettasciio does, sees what it saw with the original. Fields the original
+    does not store (``endian``, ``fileConvention``, ``rmsImage``, ``clevel``,
+    ``bloscFormat``, ``backend``) are answered by ``header[key]`` and
+    ``header.get(key)`` without being listed in ``keys()`` or ``copy()``.
+    """
+
+    def __init__(self, items: dict, extra: dict) -> None:
+        super().__init__(items)
+        self.extra = extra
+
+    def __missing__(self, key: str) -> Any:
+        try:
+            return self.extra[key]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        return self.extra.get(key, default)
+
+    def __reduce__(self):
+        return HeaderDict, (dict(self), self.extra)
+
+
 def header_dict(info: hdr.HeaderInfo, meta: dict, pixelunits: str = ANGSTROM,
-                convention: str = "ccpem", first_chunk_version: int | None = None) -> dict:
+                convention: str = "ccpem", first_chunk_version: int | None = None) -> HeaderDict:
     """The header dict readMRC returns: the original's keys plus every JSON key."""
     rec = info.record
     dmin, dmax, dmean, rms = (float(rec[k]) for k in ("dmin", "dmax", "dmean", "rms"))
     dtype = np.dtype("u1") if info.widened_uint8 else info.dtype
-    header: dict = {
-        "fileConvention": convention,
-        "endian": "le" if info.byteorder == "<" else "be",
-        "MRCtype": info.mode,
+    items: dict = {
         "dimensions": np.array(info.shape),
-        "dtype": "complex64" if dtype.names else dtype.str,
+        "MRCtype": info.mode,
         "compressor": info.compressor,
+        "dtype": "complex64" if dtype.names else dtype.str,
         "pixelsize": info.voxel_size() * units_per_angstrom(pixelunits),
         "pixelunits": pixelunits,
-        "minImage": dmin, "maxImage": dmax, "meanImage": dmean, "rmsImage": rms,
+        "minImage": dmin, "maxImage": dmax, "meanImage": dmean,
         "extendedBytes": info.extended_bytes,
+    }
+    if info.extended_bytes:
+        items["metaId"] = bytes(rec["exttyp"])
+    items.update({"voltage": float(rec["voltage"]), "C3": float(rec["C3"]),
+                  "gain": float(rec["gain"]), "packedBytes": int(rec["packed_bytes"])})
+    extra: dict = {
+        "fileConvention": convention,
+        "endian": "le" if info.byteorder == "<" else "be",
+        "rmsImage": rms,
         "metaId": bytes(rec["exttyp"]),
-        "voltage": float(rec["voltage"]), "C3": float(rec["C3"]), "gain": float(rec["gain"]),
-        "packedBytes": int(rec["packed_bytes"]),
+        "backend": None,
     }
     if info.clevel is not None:
-        header["clevel"] = info.clevel
+        extra["clevel"] = info.clevel
     if info.compressor is not None and first_chunk_version is not None:
-        header["bloscFormat"] = 1 if first_chunk_version <= 2 else 2
-        header["backend"] = f"blosc{header['bloscFormat']}"
+        extra["bloscFormat"] = 1 if first_chunk_version <= 2 else 2
+        extra["backend"] = f"blosc{extra['bloscFormat']}"
     for key, value in meta.items():
-        header.setdefault(key, value)
-    return header
+        items.setdefault(key, value)
+    return HeaderDict(items, extra)
 
 
 def _frame_range(idx: Any, nz: int, name: str) -> tuple[int, int] | None:
@@ -146,6 +182,8 @@ def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: 
             slices = int(info.record["mz"])
         elif not info.legacy_mrcz and isinstance(meta.get("slices"), int):
             slices = meta["slices"]
+        elif info.written_as_image_stack:
+            slices = 1  # a list of 2-D frames written by this package into a plain file
         else:
             slices = 0
     slices = int(slices)
@@ -463,8 +501,8 @@ def _build_header(source: FrameSource, mode: int, stored: np.dtype, widened: boo
         rec["mrcz_clevel"] = clevel + 1
     else:
         # mz = nz keeps the z voxel size right both in MRC2014 readers (cella / m) and
-        # in mrcz 0.5-0.6 (cella / n); lists are image stacks (their grouping is in
-        # the JSON metadata). uint4 keeps mz = 0, which mrcz 0.6 needs to unpack it.
+        # in mrcz 0.5-0.6 (cella / n); a list of 2-D frames is an image stack (ispg 0)
+        # and reads back as a list. uint4 keeps mz = 0, which mrcz 0.6 needs to unpack.
         rec["mz"] = 0 if mode == hdr.MODE_UINT4 else nz
     rec["mrcz_dtype"] = hdr.DTYPE_UINT8_WIDENED if widened else 0
     rec["voltage"], rec["C3"], rec["gain"] = voltage, C3, gain
@@ -521,7 +559,9 @@ def plan_write(source: FrameSource, dtype: Any, name: str, meta: dict | None, en
     _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
                                 "pixelsize": pixelsize}, name)
     meta_out = dict(meta) if meta is not None else None
-    if source.slices and not compressor:
+    if not compressor and (source.slices > 1 or (source.slices == 1 and source.shape[0] == 1)):
+        # A list of 2-D frames is an image stack (ispg 0), which reads back as a list;
+        # a list of one frame, or of 3-D frames, needs its grouping in the JSON.
         meta_out = {**(meta_out or {}), "slices": source.slices}
     meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
     return WritePlan(stored, mode, widened, meta_bytes, compressor, clevel, pixelsize_aa,

@@ -204,7 +204,10 @@ class MRCZWriter:
         if slices not in (0, 1):
             raise ValueError(f"{self.name}: slices must be 0 or 1, got {slices}")
         self._slices = slices
-        template = FrameSource((1, self._ny, self._nx), self.dtype, slices, None, False)
+        # Planned as a stack of frames: the extended header is fixed before the first
+        # frame, and a list of one frame (which would need its grouping in the JSON)
+        # reads back as one image.
+        template = FrameSource((2, self._ny, self._nx), self.dtype, slices, None, False)
         self._plan = mrc.plan_write(template, target, self.name, meta, endian, pixelsize,
                                     pixelunits, voltage, C3, gain, compressor, clevel)
         stored, mode, meta_bytes = self._plan.stored, self._plan.mode, self._plan.meta_bytes

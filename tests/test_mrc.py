@@ -66,10 +66,11 @@ def test_plain_files_validate_in_mrcfile(tmp_path, rng, dtype, layout):
     messages = []
     valid = mrcfile.validate(str(path), print_file=_Collect(messages))
     json_only = [m for m in messages if "valid" not in m and "Checking" not in m]
-    if layout.startswith("list"):  # the list layout is recorded in JSON metadata
+    if layout == "list3d":  # frames of several slices: their grouping is in JSON metadata
         assert json_only == ["Extended header type is undefined or unrecognised: exttyp = 'json'"]
-    else:
+    else:  # a list of 2-D frames is an MRC2014 image stack: no extended header needed
         assert valid, messages
+        assert mrcz.readMRCHeader(path)[0]["extendedBytes"] == 0
     with mrcfile.open(path) as mrc:
         expected = np.stack(image) if isinstance(image, list) else image
         expected = expected.reshape(mrc.data.shape)
