@@ -112,7 +112,7 @@ class HeaderInfo:
         labelled MRCZ 0.5 up to 0.x (the original package's convention)."""
         if self.legacy_mrcz:
             return False
-        original_plain = self.mrcz_version is not None and self.mrcz_version < (1, 0)
+        original_plain = self.mrcz_version is not None and not self.written_by_us
         return self.compressor is not None or original_plain
 
     @property
