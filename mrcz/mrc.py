@@ -92,9 +92,11 @@ def read_header_and_meta(f: BinaryIO, name: str, convention: str = "ccpem",
 class HeaderDict(dict):
     """The header dict readMRC returns: mrcz 0.6.0's items, plus fields on lookup.
 
-    Its stored items are exactly the keys the original returns for the same file
-    (and the JSON metadata keys), so code that copies or compares every item, as
-    rosettasciio does, sees what it saw with the original. Fields the original
+    Its stored items are the keys the original returns for the same file (and the
+    JSON metadata keys), so code that copies or compares every item, as
+    rosettasciio does, sees what it saw with the original. The one addition is
+    ``metaId`` (the exttyp bytes) on files without an extended header, where the
+    original leaves it out and rosettasciio's reader then fails. Fields the original
     does not store (``endian``, ``fileConvention``, ``rmsImage``, ``clevel``,
     ``bloscFormat``, ``backend``) are answered by ``header[key]`` and
     ``header.get(key)`` without being listed in ``keys()`` or ``copy()``.
@@ -134,16 +136,15 @@ def header_dict(info: hdr.HeaderInfo, meta: dict, pixelunits: str = ANGSTROM,
         "pixelunits": pixelunits,
         "minImage": dmin, "maxImage": dmax, "meanImage": dmean,
         "extendedBytes": info.extended_bytes,
+        # 0.6.0 stores this only with an extended header; rosettasciio pops it unconditionally.
+        "metaId": bytes(rec["exttyp"]),
     }
-    if info.extended_bytes:
-        items["metaId"] = bytes(rec["exttyp"])
     items.update({"voltage": float(rec["voltage"]), "C3": float(rec["C3"]),
                   "gain": float(rec["gain"]), "packedBytes": int(rec["packed_bytes"])})
     extra: dict = {
         "fileConvention": convention,
         "endian": "le" if info.byteorder == "<" else "be",
         "rmsImage": rms,
-        "metaId": bytes(rec["exttyp"]),
         "backend": None,
     }
     if info.clevel is not None:
