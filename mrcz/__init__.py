@@ -13,6 +13,7 @@ from .mrc import (default_header, defaultHeader, read_mrc, read_mrc_header, read
                   readMRCHeader, set_default_threads, setDefaultThreads, write_mrc,
                   write_mrc_header, writeMRC, writeMRCHeader)
 from .stream import MRCZReader, MRCZWriter, iter_frames
+from .fileobject import MrcFile, mmap, new, new_mmap, open, open_async, read, validate, write
 from .version import __version__
 
 BLOSC_PRESENT = True
@@ -34,6 +35,7 @@ __all__ = [
     "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
     "DMFrameReader", "iter_dm_frames",
+    "MrcFile", "open", "new", "read", "write", "mmap", "new_mmap", "open_async", "validate",
 ]
 
 _DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReader",

@@ -488,6 +488,20 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
             _write_pieces(f, codec, level, prefix, slices, n_threads)
 
 
+def compress_to(f: BinaryIO, codec: str, payload: bytes, level: int | None = None,
+                n_threads: int = 1) -> None:
+    """Write a whole MRC file's bytes to ``f`` as one gzip, bzip2 or zstd stream.
+
+    ``level`` defaults to gzip 6, bzip2 9, zstd 3.
+    """
+    level = {"gzip": 6, "bzip2": 9, "zstd": 3}[codec] if level is None else level
+    check_level(codec, level, describe(f))
+    if codec == "zstd":
+        _write_zstd(f, level, payload, iter(()), len(payload), n_threads)
+    else:
+        _write_pieces(f, codec, level, payload, iter(()), n_threads)
+
+
 def _data_nbytes(source: FrameSource, stored: np.dtype, mode: int) -> int:
     """Bytes of the data block on disk."""
     nz, ny, nx = source.shape
