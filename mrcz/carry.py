@@ -122,7 +122,8 @@ def displaced(template: Template, compressed: bool) -> dict:
     -------
     dict
         The :data:`DISPLACED_KEY` entry for the output's JSON (empty when
-        nothing is displaced). ``compressed`` outputs displace mz, the source's
+        nothing is displaced). ``compressed`` outputs displace sampling and cell
+        (mx, my, mz, cella) where the sampling is not the grid size, the source's
         bytes 96-99 and 132-151 (when another program wrote them), a non-JSON
         extended header and JSON that another writer spaced or escaped
         differently; every output displaces labels past the ninth.
@@ -133,8 +134,11 @@ def displaced(template: Template, compressed: bool) -> dict:
         out["labels"] = [label.rstrip(b"\0 ").decode("latin-1") for label in labels[9:]]
     if not compressed:
         return out
-    if not template.compressed and int(rec["mz"]) != int(rec["nz"]):
-        out["mz"] = int(rec["mz"])
+    if _sampling_differs(template):
+        # MRCZ readers take the voxel size as cella / (nx, ny, nz): the output gets a
+        # cell that says the same voxel size that way, the source's are kept here
+        out.update(mx=int(rec["mx"]), my=int(rec["my"]), mz=int(rec["mz"]),
+                   cella=[float(v) for v in rec["cella"]])
     raw = rec.tobytes()
     if not _ours(template):
         for part in (_OURS_96_99, _OURS_132_151):
@@ -159,6 +163,13 @@ def _reencoded(template: Template) -> bool:
         return False
     meta = jsonmeta.decode(template.extended, template.name)
     return DISPLACED_KEY not in meta and jsonmeta.encode(meta) != template.extended
+
+
+def _sampling_differs(template: Template) -> bool:
+    """True for a plain source whose sampling (mx, my, mz) is not its grid size."""
+    rec = template.record
+    return not template.compressed and any(int(rec[m]) != int(rec[n]) for m, n in
+                                           (("mx", "nx"), ("my", "ny"), ("mz", "nz")))
 
 
 def output_meta(template: Template, meta: dict | None, compressed: bool) -> dict | None:
@@ -214,8 +225,10 @@ def onto(template: Template, rec: np.ndarray, compressed: bool) -> None:
     takes back the values an MRCZ source displaced into its JSON.
     """
     src = template.record
+    keep_cell = not (compressed and _sampling_differs(template))
     for field in _KEPT_FIELDS:
-        rec[field] = src[field]
+        if keep_cell or field not in ("mx", "my", "cella"):
+            rec[field] = src[field]
     labels = [bytes(rec["label"][0])] + _foreign_labels(template)[:9]
     rec["nlabl"] = len(labels)
     for i, label in enumerate(labels):
@@ -227,6 +240,9 @@ def onto(template: Template, rec: np.ndarray, compressed: bool) -> None:
         rec["mz"] = int(kept["mz"])
     elif not template.compressed:
         rec["mz"] = src["mz"]
+    for field in ("mx", "my", "cella"):
+        if field in kept:
+            rec[field] = kept[field]
     if int(rec["mrcz_dtype"]):
         return  # bytes 96-99 mark uint8 data: the new file's own layout
     for part in (_OURS_96_99, _OURS_132_151):

@@ -100,7 +100,11 @@ class MrcFile(MrcObject):
             extended = self._read_range(hdr.HEADER_BYTES, info.extended_bytes)
         self._extended = np.frombuffer(bytearray(extended), dtype="V1")
         if info.compressor:  # the header shows MRC2014 sampling, which MRCZ displaced
-            self._header.mz = self._template().earlier.get("mz", self._header.mz)
+            kept = self._template().earlier
+            self._header.mz = kept.get("mz", self._header.nz)
+            for field in ("mx", "my", "cella"):
+                if field in kept:
+                    self._header[field] = tuple(kept[field]) if field == "cella" else kept[field]
         self._info = info
         if not self._header_only:
             self._data = None if info.compressor else self._read_plain_data(info, raw)

@@ -171,7 +171,7 @@ class MrcObject:
         mode_of(data.dtype)
         if data.ndim not in (2, 3, 4):
             raise ValueError(f"data must be 2-D, 3-D or 4-D, got shape {data.shape}")
-        self._data = np.ascontiguousarray(data)
+        self._data = np.array(data, order="C")  # a copy: the caller's array stays theirs
         self.update_header_from_data()
         self.update_header_stats()
 

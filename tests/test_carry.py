@@ -66,7 +66,9 @@ def compress_and_back(source: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_compress_then_decompress_keeps_the_header(source: Path, tmp_path: Path) -> None:
-    _, back = compress_and_back(source, tmp_path)
+    packed, back = compress_and_back(source, tmp_path)
+    np.testing.assert_allclose(mrcz.readMRC(str(packed))[1]["pixelsize"],
+                               mrcz.readMRC(str(source))[1]["pixelsize"], rtol=1e-6)
     before, ext_before = header_of(plain_bytes(source))
     after, ext_after = header_of(back.read_bytes())
     assert changed_fields(before, after) == {}
