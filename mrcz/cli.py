@@ -986,7 +986,8 @@ def header_fields(rec: np.void) -> list[dict]:
             value = [bytes(v).rstrip(b"\0 ").decode("latin-1") for v in value]
         elif isinstance(value, bytes):
             value = value.decode("latin-1")
-        elif hdr.HEADER_DTYPE.fields[name][0].kind == "V":
+        elif hdr.HEADER_DTYPE.fields[name][0].subdtype is None \
+                and hdr.HEADER_DTYPE.fields[name][0].kind == "V":
             raw = bytes(value)
             value = "zero" if not any(raw) else raw.hex(" ")
         elif np.ndim(value):
