@@ -45,7 +45,7 @@ pygments_style = "sphinx"
 # -- autodoc / napoleon -------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"members": False}
+autodoc_default_options: dict = {}
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False

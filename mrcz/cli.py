@@ -1253,11 +1253,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: preview writes PNG; name the output .png")
     record = {"file": args.input, "output": args.output, "status": DONE, "error": None}
     try:
-        picture = preview.preview_array(_picture_frame(args), args.size)
+        frame = _picture_frame(args)
+        picture = preview.preview_array(frame, args.size)
         with contextlib.ExitStack() as stack:
             temp = _temp_name(args.output)
             stack.callback(lambda: os.path.exists(temp) and os.unlink(temp))
-            record["size"] = list(preview.save_png(picture, temp))
+            record["size"] = list(preview.save_png(picture, temp, preview.value_range(frame)))
             os.replace(temp, args.output)
     except (CommandError, MRCZError, OSError, ValueError, IndexError) as err:
         record.update(status=FAILED, error=_message(err))

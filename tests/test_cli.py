@@ -649,7 +649,8 @@ def test_preview_writes_a_png_of_the_right_size(capsys, tmp_path, rng) -> None:
         code, _, err = run_main(capsys, "preview", str(movie), "-o", str(png), *extra)
         assert code == 0, err
         with pil.open(png) as image:
-            assert image.format == "PNG" and image.size == (160, 96 + 4 + HISTOGRAM_HEIGHT)
+            # 160 x 96 enlarged 3 times to fit the default 512 pixels
+            assert image.format == "PNG" and image.size == (480, 288 + 4 + HISTOGRAM_HEIGHT)
     small = tmp_path / "small.png"
     assert run_main(capsys, "preview", str(movie), "-o", str(small), "--size", "80")[0] == 0
     with pil.open(small) as image:
