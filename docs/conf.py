@@ -77,6 +77,9 @@ html_title = f"mrcz {release}"
 html_theme_options = {
     "description": "MRC2014, MRCZ and Gatan DM files for cryo-EM archives",
     "fixed_sidebar": True,
+    "page_width": "1200px",  # at 1280 px wide screens the body gets 980 px for code
+    "body_max_width": "none",
 }
+html_css_files = ["custom.css"]
 html_static_path = ["_static"] if os.path.isdir(os.path.join(HERE, "_static")) else []
 html_last_updated_fmt = None

@@ -947,12 +947,13 @@ def describe_file(path: str | os.PathLike, header: bool = False,
         "bytes": {"file": file_bytes, "data": raw_bytes, "compressed_data": stored},
         "ratio": round(raw_bytes / stored, 3) if stored else None,
         "voxel_size_A": None if values["pixelsize"] is None
-        else [float(v) for v in values["pixelsize"][::-1]],
-        "voltage_kV": values["voltage"], "C3_mm": values["C3"], "gain": values["gain"],
-        "origin_A": [float(v) for v in rec["origin"]],
+        else _float32_plain([float(v) for v in values["pixelsize"][::-1]]),
+        "voltage_kV": _float32_plain(values["voltage"]), "C3_mm": _float32_plain(values["C3"]),
+        "gain": _float32_plain(values["gain"]),
+        "origin_A": _float32_plain([float(v) for v in rec["origin"]]),
         "start": [int(rec[k]) for k in ("nxstart", "nystart", "nzstart")],
         "axis_order": [int(rec[k]) for k in ("mapc", "mapr", "maps")],
-        "cell_angles": [float(v) for v in rec["cellb"]],
+        "cell_angles": _float32_plain([float(v) for v in rec["cellb"]]),
         "statistics": _stats(rec),
         "space_group": int(rec["ispg"]), "nversion": int(rec["nversion"]),
         "extended_header": {"bytes": info.extended_bytes,
@@ -990,12 +991,17 @@ def header_fields(rec: np.void) -> list[dict]:
                 and hdr.HEADER_DTYPE.fields[name][0].kind == "V":
             raw = bytes(value)
             value = "zero" if not any(raw) else raw.hex(" ")
-        elif np.ndim(value):
-            value = np.asarray(value).tolist()
         else:
-            value = np.asarray(value).item()
+            value = _float32_plain(np.asarray(value).tolist())
         fields.append({"name": name, "offset": offset, "value": value})
     return fields
+
+
+def _float32_plain(value: Any) -> Any:
+    """Floats read from float32 words with the digits float32 holds (2.7, not 2.70000005)."""
+    if isinstance(value, list):
+        return [_float32_plain(v) for v in value]
+    return float(f"{value:.7g}") if isinstance(value, float) else value
 
 
 def extended_fields(raw: bytes, rec: np.void, meta: dict | None) -> list[dict]:
@@ -1055,7 +1061,7 @@ def _stats(rec: np.void) -> dict:
         out["mean"] = dmean
     if rms >= 0:
         out["rms"] = rms
-    return out
+    return {k: _float32_plain(v) for k, v in out.items()}
 
 
 def _describe_dm(path: str, frames: bool) -> dict:
