@@ -20,7 +20,7 @@ CLIP_PERCENTILES = (0.5, 99.5)
 
 
 def power_spectrum(frame: np.ndarray) -> np.ndarray:
-    """log(1 + |FFT|^2) of a 2-D frame, zero frequency in the centre."""
+    """``log(1 + |FFT|**2)`` of a 2-D frame (its mean removed), zero frequency in the centre."""
     data = np.asarray(frame, dtype=np.float64)
     data = data - data.mean()
     spectrum = np.abs(np.fft.fftshift(np.fft.fft2(data))) ** 2

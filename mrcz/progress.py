@@ -89,8 +89,8 @@ class Progress:
         else:
             fraction = min(self.done / self.total, 1.0) if self.total else 1.0
         filled = int(round(fraction * _WIDTH))
-        parts = [f"{self.label} [{'#' * filled}{'-' * (_WIDTH - filled)}]",
-                 f"{self.done}/{self.total} files"]
+        bar = f"{self.label} [{'#' * filled}{'-' * (_WIDTH - filled)}] "
+        parts = [f"{self.done}/{self.total} files"]
         if self.total_bytes:
             rate = processed / elapsed
             parts.append(f"{human_bytes(processed)}/{human_bytes(self.total_bytes)}")
@@ -102,7 +102,7 @@ class Progress:
         parts.append(human_seconds(elapsed))
         current = [f"{os.path.basename(name)[-24:]} {100 * done / total:.0f}%"
                    for name, (done, total) in list(self.in_flight.items())[:2] if total]
-        return ", ".join(parts) + (" | " + " ".join(current) if current else "")
+        return bar + ", ".join(parts) + (" | " + " ".join(current) if current else "")
 
     def _maybe_draw(self, force: bool = False) -> None:
         now = time.monotonic()
