@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codec, header as hdr, wholefile
+from . import codec, header as hdr, preview, wholefile
 from .errors import MRCZError
 from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
                   writeMRC)
@@ -194,12 +194,8 @@ def open_input(path: str | os.PathLike, lazy: bool = True) -> Iterator[Loaded]:
         yield Loaded(image, kwargs, "MRCZ" if info.compressor else "MRC")
 
 
-def _frame_reader(path: str) -> Any:
-    """``mrcz.stream.MRCZReader(path)`` if the streaming module is there, else None."""
-    try:
-        from .stream import MRCZReader
-    except ImportError:
-        return None
+def _frame_reader(path: str) -> MRCZReader:
+    """A one-thread frame reader: frames are decoded as the writer asks for them."""
     return MRCZReader(path, n_threads=1)
 
 
@@ -1252,10 +1248,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Write a PNG of a frame (or the sum, or a power spectrum) above its histogram."""
-    from . import preview
-
-    check_png = args.output.lower().endswith(".png")
-    if not check_png:
+    if not args.output.lower().endswith(".png"):
         raise UsageError(f"{args.output}: preview writes PNG; name the output .png")
     record = {"file": args.input, "output": args.output, "status": DONE, "error": None}
     try:
@@ -1279,8 +1272,6 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def _picture_frame(args: argparse.Namespace) -> np.ndarray:
     """The 2-D array preview draws: frame ``--frame``, the sum, or its power spectrum."""
-    from . import preview
-
     if not os.path.isfile(args.input):
         raise CommandError(f"{args.input}: no such file")
     with open_input(args.input) as loaded:
