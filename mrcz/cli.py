@@ -671,7 +671,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int, label: str, args: argparse.Names
                     bar.update(item=outcome.source, in_bytes=outcome.in_bytes,
                                out_bytes=outcome.out_bytes)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, _exit_now)  # a second Ctrl-C exits at once
+            previous = signal.signal(signal.SIGINT, _exit_now)  # a second Ctrl-C exits now
             interrupted = True
     records = []
     for task in tasks:
@@ -686,6 +686,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int, label: str, args: argparse.Names
         print_json([o.record() for o in records])
     if interrupted:
         _report_interrupted(label, records)
+        signal.signal(signal.SIGINT, previous)  # clean-up done: Ctrl-C as before
     elif not quiet:
         print(summary_line(label, records, time.perf_counter() - start), file=sys.stderr)
     if interrupted:
