@@ -33,7 +33,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.doctest",
-    "sphinx.ext.viewcode",
     "mrczdoc",
 ]
 
@@ -45,7 +44,7 @@ pygments_style = "sphinx"
 # -- autodoc / napoleon -------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"members": False}
+autodoc_default_options: dict = {}
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
@@ -77,6 +76,9 @@ html_title = f"mrcz {release}"
 html_theme_options = {
     "description": "MRC2014, MRCZ and Gatan DM files for cryo-EM archives",
     "fixed_sidebar": True,
+    "page_width": "1200px",  # at 1280 px wide screens the body gets 980 px for code
+    "body_max_width": "none",
 }
+html_css_files = ["custom.css"]
 html_static_path = ["_static"] if os.path.isdir(os.path.join(HERE, "_static")) else []
 html_last_updated_fmt = None
