@@ -170,13 +170,13 @@ def is_mrcz_output(path: str | os.PathLike) -> bool:
 
 
 def save_output(image: Any, out: str | os.PathLike, kwargs: dict, compressor: str | None,
-                clevel: int, threads: int | None) -> None:
+                clevel: int, threads: int | None, shuffle: str | None = "bit") -> None:
     """Write ``image`` to ``out`` (plain, MRCZ, or plain inside gz/bz2/zst), atomically."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writeMRC(image, out, compressor=compressor, clevel=clevel, n_threads=threads,
-                 **kwargs)  # names ending .gz/.bz2/.zst: writeMRC compresses the whole file
+                 shuffle=shuffle, **kwargs)  # names ending .gz/.bz2/.zst: writeMRC compresses the whole file
 
 
 def frames_of(image: Any) -> Iterator[np.ndarray]:
@@ -327,6 +327,7 @@ class Task:
     force: bool
     verify: bool
     auto_dtype: bool
+    shuffle: str | None = "bit"
 
 
 @dataclasses.dataclass
@@ -385,7 +386,7 @@ def _write_checked(task: Task, loaded: Loaded, temp: str) -> str:
     compressed = is_mrcz_output(task.target)
     try:
         save_output(image, temp, kwargs, task.compressor if compressed else None,
-                    task.clevel, task.threads)
+                    task.clevel, task.threads, task.shuffle)
         if task.verify:
             verify_output(temp, image, kwargs)
     except (CommandError, MRCZError, ValueError, TypeError) as err:
@@ -505,7 +506,8 @@ def _run_conversions(args: argparse.Namespace, compressor: str | None, suffix: s
         raise CommandError(f"-o {args.output}: with several inputs -o must be a folder")
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     tasks = [Task(source, _target(source, args, suffix), compressor, args.clevel, threads,
-                  args.force, args.verify, getattr(args, "auto_dtype", False))
+                  args.force, args.verify, getattr(args, "auto_dtype", False),
+                  SHUFFLE_CHOICES[getattr(args, "shuffle", "bit")])
              for source in args.inputs]
     return run_tasks(tasks, args.jobs, label, args.verbose)
 
@@ -770,11 +772,18 @@ def _clevel(text: str) -> int:
     return value
 
 
+#: ``--shuffle`` choices -> writeMRC's ``shuffle=``.
+SHUFFLE_CHOICES = {"bit": "bit", "byte": "byte", "none": None, "auto": "auto"}
+
+
 def _add_writing(p: argparse.ArgumentParser, compressor: bool, many: bool) -> None:
     if compressor:
         p.add_argument("--compressor", default="zstd",
                        choices=["zstd", "lz4", "lz4hc", "zlib", "blosclz"],
                        help="blosc codec for MRCZ output (default zstd)")
+        p.add_argument("--shuffle", default="bit", choices=list(SHUFFLE_CHOICES),
+                       help="blosc filter for MRCZ output: bit (default, counted data), "
+                       "byte (gain-corrected float data), none, or auto (from the first frame)")
     p.add_argument("--clevel", type=_clevel, default=1,
                    help="compression level 0-9 (default 1)")
     p.add_argument("--threads", type=_positive, default=None,
