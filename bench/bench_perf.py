@@ -13,15 +13,13 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 import numpy as np
 
-from benchlib import GB, MB, REPO, counted, gain_corrected, load_line, median, particles, \
-    remove, run, save_json
+from _benchlib import GB, MB, bench_arguments, counted, gain_corrected, load_line, median, \
+    particles, remove, run, save_figure, save_json, scratch
 
 IMPLS = ("ours", "orig", "codec")
 
@@ -122,11 +120,19 @@ def targets(rows: list[dict]) -> list[tuple[str, float, str, bool]]:
     return checks
 
 
+def short_label(label: str) -> str:
+    """``'int8 4096² counted, zstd 1'`` -> ``'int8\ncounted\nzstd 1'`` (fits under a bar)."""
+    data, codec_name = label.split(", ")
+    dtype, size, kind = data.split(" ", 2)
+    kind = {"gain-corrected": "gain-corr."}.get(kind, kind)
+    return f"{dtype}\n{size + ' ' if size.startswith('128') else ''}{kind}\n{codec_name}"
+
+
 def plot(rows: list[dict], target: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [row["label"].replace(", ", "\n") for row in rows]
+    labels = [short_label(row["label"]) for row in rows]
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     names = {"codec": "codec alone", "ours": "mrcz (this)", "orig": "mrcz 0.6.0"}
@@ -139,26 +145,21 @@ def plot(rows: list[dict], target: str) -> None:
         ax.set_title(f"{op}: CPU-s per GB (lower is better)", fontsize=12)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=10)
-    fig.tight_layout()
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    print(f"plot saved to {target}")
+    save_figure(fig, target)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, 2 repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--tmp", default="/work/bench_tmp" if Path("/work").is_dir()
-                        else tempfile.gettempdir())
-    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "perf.json"))
+    parser = bench_arguments(__doc__.splitlines()[0], "perf")
     parser.add_argument("--plot", default=None, help="PNG path for the CPU-cost figure")
+    parser.add_argument("--replot", default=None, metavar="JSON",
+                        help="only draw --plot from a saved JSON (any Python with matplotlib)")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text())["rows"], args.plot)
+        return
     repeats = args.repeats or (2 if args.quick else 5)
-    Path(args.tmp).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_perf_", dir=args.tmp))
     rows, loads = [], [load_line()]
-    try:
+    with scratch(args.tmp, "bench_perf_") as tmp:
         for label, build, codecs in datasets(args.quick):
             npy = tmp / "data.npy"
             np.save(npy, build())
@@ -169,8 +170,6 @@ def main() -> None:
                 loads.append(load_line())
                 print(f"done: {row['label']} ({loads[-1]})", flush=True)
             npy.unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nmedians of {repeats} runs each, ours / 0.6.0 / codec alternated; "
           f"{loads[0]} at the start, {loads[-1]} at the end")
     print_tables(rows)

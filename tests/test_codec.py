@@ -23,7 +23,7 @@ def test_chunk_round_trip_is_bitshuffled(rng, cname, dtype):
     frame = rng.poisson(0.8, (64, 48)).astype(dtype)
     chunk = codec.compress_frame(frame, cname, 1, codec.choose_blocksize(frame.nbytes))
     header = codec.ChunkHeader.parse(chunk)
-    wide = cname == "lz4" and frame.itemsize == 1  # see codec.declared_typesize
+    wide = cname in codec.WIDE_TYPESIZE_CODECS and frame.itemsize == 1  # declared_typesize
     assert (header.nbytes, header.cbytes, header.typesize) == (
         frame.nbytes, len(chunk), codec.WIDE_TYPESIZE if wide else frame.itemsize)
     assert header.shuffle == "bit" and header.version == 2

@@ -1,17 +1,23 @@
 """What the bench scripts share: test data, the interpreters, one timed run, medians."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "worker.py"
+WORKER = Path(__file__).resolve().parent / "_worker.py"
+RESULTS = Path(__file__).resolve().parent / "results"
 GB = 1e9
 MB = 1e6
 
@@ -112,3 +118,33 @@ def save_json(results: dict, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(results, indent=1))
     print(f"results saved to {target}")
+
+
+def bench_arguments(description: str, result_name: str) -> argparse.ArgumentParser:
+    """The options every bench script takes: --quick, --repeats, --tmp, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller data, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--tmp", default="/work/bench_tmp" if Path("/work").is_dir()
+                        else tempfile.gettempdir(), help="scratch folder (page cache)")
+    parser.add_argument("--json", default=str(RESULTS / "raw" / f"{result_name}.json"),
+                        help="where the raw medians go")
+    return parser
+
+
+@contextlib.contextmanager
+def scratch(parent: str, prefix: str) -> Iterator[Path]:
+    """A fresh folder under ``parent``, removed afterwards."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_figure(fig, target: str) -> None:
+    fig.tight_layout()
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    print(f"plot saved to {target}")

@@ -25,6 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 BLOSC_ROWS = 2**20  # elements per blosc block, as mrcz.codec.choose_blocksize
+#: mrcz's shuffle= -> (blosc2 Filter, hdf5plugin.Blosc constant, zarr BloscCodec shuffle).
+FILTERS = {"bit": ("BITSHUFFLE", "BITSHUFFLE", "bitshuffle"),
+           "byte": ("SHUFFLE", "SHUFFLE", "shuffle"),
+           None: ("NOFILTER", "NOSHUFFLE", "noshuffle")}
 
 
 def _status(key: str) -> int:
@@ -39,9 +43,10 @@ def _status(key: str) -> int:
 
 def write(impl: str, data: np.ndarray, path: str, p: dict) -> None:
     cname, clevel, threads = p.get("codec", "zstd"), p.get("clevel", 1), p.get("threads", 2)
+    shuffle = p.get("shuffle", "bit")
     if impl in ("ours", "orig"):
         import mrcz
-        extra = {"shuffle": p["shuffle"]} if impl == "ours" and "shuffle" in p else {}
+        extra = {"shuffle": shuffle} if impl == "ours" else {}
         mrcz.writeMRC(data, path, compressor=cname, clevel=clevel, n_threads=threads, **extra)
     elif impl == "mrc_zst":
         import mrcz
@@ -55,26 +60,28 @@ def write(impl: str, data: np.ndarray, path: str, p: dict) -> None:
         blosc2.asarray(data, urlpath=path, mode="w", chunks=(1, ny, nx),
                        blocks=(1, max(1, min(ny, BLOSC_ROWS // nx)), nx),
                        cparams={"codec": blosc2.Codec[cname.upper()], "clevel": clevel,
-                                "filters": [blosc2.Filter.BITSHUFFLE], "nthreads": threads})
+                                "filters": [blosc2.Filter[FILTERS[shuffle][0]]],
+                                "nthreads": threads})
     elif impl == "hdf5":
         import h5py
         import hdf5plugin
         with h5py.File(path, "w") as f:
             f.create_dataset("data", data=data, chunks=(1, *data.shape[1:]),
                              **hdf5plugin.Blosc(cname=cname, clevel=clevel,
-                                                shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+                                                shuffle=getattr(hdf5plugin.Blosc,
+                                                                FILTERS[shuffle][1])))
     elif impl == "zarr":
         import zarr
         from zarr.codecs import BloscCodec
         arr = zarr.create_array(store=path, shape=data.shape, dtype=data.dtype,
                                 chunks=(1, *data.shape[1:]), overwrite=True,
                                 compressors=[BloscCodec(cname=cname, clevel=clevel,
-                                                        shuffle="bitshuffle")])
+                                                        shuffle=FILTERS[shuffle][2])])
         arr[:] = data
     elif impl in ("tiff_zstd", "tiff_lzw"):
         import tifffile
         compression = ("zstd", {"level": clevel}) if impl == "tiff_zstd" else ("lzw", None)
-        tifffile.imwrite(path, data, compression=compression[0],
+        tifffile.imwrite(path, data, compression=compression[0], photometric="minisblack",
                          compressionargs=compression[1], maxworkers=threads)
     else:
         raise ValueError(f"unknown implementation {impl!r}")
