@@ -86,21 +86,26 @@ def print_table(title: str, result: dict) -> None:
 
 
 def plot(results: dict, target: str) -> None:
+    """Horizontal bars: write and read CPU-s/GB per implementation, ratio in the label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.6), squeeze=False)
-    for ax, (title, result) in zip(axes[0], results.items()):
-        for impl, r in result["impls"].items():
-            ax.scatter(r["write_cpu_per_gb"], r["ratio"], s=60)
-            ax.annotate(NAMES[impl], (r["write_cpu_per_gb"], r["ratio"]), fontsize=10,
-                        xytext=(5, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("write CPU-s per GB (log; lower is better)", fontsize=11)
-        ax.set_ylabel("compression ratio (higher is better)", fontsize=11)
-        ax.tick_params(labelsize=10)
-        ax.set_title(title, fontsize=12)
-        ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(len(results), 1, figsize=(8, 4.6 * len(results)), squeeze=False)
+    for ax, (title, result) in zip(axes[:, 0], results.items()):
+        impls = list(result["impls"])
+        y = np.arange(len(impls))
+        for shift, op in ((-0.2, "write"), (0.2, "read")):
+            ax.barh(y + shift, [result["impls"][i][f"{op}_cpu_per_gb"] for i in impls], 0.4,
+                    label=f"{op} CPU-s/GB")
+        ax.set_yticks(y, [f"{NAMES[i]}  (ratio {result['impls'][i]['ratio']:.2f})"
+                          for i in impls], fontsize=12)
+        ax.invert_yaxis()
+        ax.tick_params(axis="x", labelsize=12)
+        ax.set_xlabel("CPU-s per GB (lower is better)", fontsize=12)
+        ax.set_title(title.replace("gain-corrected", "gain-corr.").replace("mrcz shuffle",
+                                                                           "shuffle"), fontsize=13)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=11, loc="lower right")
     save_figure(fig, target)
 
 

@@ -121,11 +121,11 @@ def targets(rows: list[dict]) -> list[tuple[str, float, str, bool]]:
 
 
 def short_label(label: str) -> str:
-    """``'int8 4096² counted, zstd 1'`` -> ``'int8\ncounted\nzstd 1'`` (fits under a bar)."""
+    """``'int8 4096² counted, zstd 1'`` -> ``'int8\ncounts\nzstd 1'`` (fits under a bar)."""
     data, codec_name = label.split(", ")
     dtype, size, kind = data.split(" ", 2)
-    kind = {"gain-corrected": "gain-corr."}.get(kind, kind)
-    return f"{dtype}\n{size + ' ' if size.startswith('128') else ''}{kind}\n{codec_name}"
+    kind = {"gain-corrected": "gain", "counted": "counts"}.get(kind, kind)
+    return f"{dtype}\n{kind}\n{codec_name}"
 
 
 def plot(rows: list[dict], target: str) -> None:
@@ -134,17 +134,17 @@ def plot(rows: list[dict], target: str) -> None:
     import matplotlib.pyplot as plt
     labels = [short_label(row["label"]) for row in rows]
     x = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4), sharey=True)
     names = {"codec": "codec alone", "ours": "mrcz (this)", "orig": "mrcz 0.6.0"}
     for ax, op in zip(axes, ("write", "read")):
         for shift, impl in zip((-0.27, 0, 0.27), ("codec", "ours", "orig")):
             ax.bar(x + shift, [row[impl][f"{op}_cpu_per_gb"] for row in rows], 0.27,
                    label=names[impl])
-        ax.set_xticks(x, labels, fontsize=10)
-        ax.tick_params(axis="y", labelsize=10)
-        ax.set_title(f"{op}: CPU-s per GB (lower is better)", fontsize=12)
+        ax.set_xticks(x, labels, fontsize=10.5)
+        ax.tick_params(axis="y", labelsize=12)
+        ax.set_title(f"{op}: CPU-s per GB", fontsize=13)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=10)
+    axes[0].legend(fontsize=11)
     save_figure(fig, target)
 
 
