@@ -31,39 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from _benchlib import counted, gain_corrected, particles
+
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL_PYTHON = "/work/venvs/orig/bin/python"
 MB = 1e6
 
 
 # ----------------------------------------------------------------------------- data
-
-def counted(nz: int, dtype: str, size: int = 4096, seed: int = 0) -> np.ndarray:
-    """Poisson(0.8) counts, as a counting detector records them."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((nz, size, size), dtype=dtype)
-    for z in range(nz):
-        out[z] = rng.poisson(0.8, (size, size))
-    return out
-
-
-def gain_corrected(nz: int, size: int = 4096, seed: int = 1) -> np.ndarray:
-    """Counts times a per-pixel gain reference (float32)."""
-    rng = np.random.default_rng(seed)
-    gain = rng.normal(1.0, 0.05, (size, size)).astype(np.float32)
-    out = np.empty((nz, size, size), dtype=np.float32)
-    for z in range(nz):
-        np.multiply(rng.poisson(0.8, (size, size)), gain, out=out[z], casting="unsafe")
-    return out
-
-
-def particles(n: int, size: int = 128, seed: int = 2) -> np.ndarray:
-    """Normalised particle images: a blob plus Gaussian noise (float32)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] - size / 2
-    blob = np.exp(-(xx**2 + yy**2) / (2 * (size / 8) ** 2)).astype(np.float32)
-    return (blob + rng.normal(0, 1, (n, size, size))).astype(np.float32)
-
 
 def shannon_ratio(data: np.ndarray) -> float:
     """Best lossless ratio for i.i.d. values with this histogram (first frames)."""

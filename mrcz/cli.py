@@ -231,13 +231,13 @@ def is_mrcz_output(path: str | os.PathLike) -> bool:
 
 
 def save_output(image: Any, out: str | os.PathLike, kwargs: dict, compressor: str | None,
-                clevel: int, threads: int | None) -> None:
+                clevel: int, threads: int | None, shuffle: str | None = "bit") -> None:
     """Write ``image`` to ``out`` (plain, MRCZ, or plain inside gz/bz2/zst), atomically."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: writeMRC's default
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writeMRC(image, out, compressor=compressor, clevel=clevel, n_threads=threads,
-                 **kwargs)  # names ending .gz/.bz2/.zst: writeMRC compresses the whole file
+                 shuffle=shuffle, **kwargs)  # .gz/.bz2/.zst names: a whole-file stream
 
 
 def frames_of(image: Any) -> Iterator[np.ndarray]:
@@ -400,6 +400,7 @@ class Task:
     verify: bool
     auto_dtype: bool
     skip_existing: bool = False
+    shuffle: str | None = "bit"
 
 
 @dataclasses.dataclass
@@ -527,7 +528,7 @@ def _write_checked(task: Task, loaded: Loaded, temp: str) -> str:
     compressed = is_mrcz_output(task.target)
     try:
         save_output(image, temp, kwargs, task.compressor if compressed else None,
-                    task.clevel, task.threads)
+                    task.clevel, task.threads, task.shuffle)
         if task.verify:
             verify_output(temp, image, kwargs)
     except (CommandError, MRCZError, ValueError, TypeError) as err:
@@ -879,7 +880,8 @@ def _run_conversions(args: argparse.Namespace, compressor: str | None, suffix: s
         check_output_name(target, wants)
         tasks.append(Task(source, target, compressor, args.clevel, threads, args.force,
                           args.verify, getattr(args, "auto_dtype", False),
-                          args.skip_existing))
+                          args.skip_existing,
+                          SHUFFLE_CHOICES[getattr(args, "shuffle", "bit")]))
     return run_tasks(tasks, jobs, label, args)
 
 
@@ -1409,10 +1411,17 @@ def _add_walking(p: argparse.ArgumentParser) -> None:
                         "e.g. --ext .mrcs --ext .dm4)")
 
 
+#: ``--shuffle`` choices -> writeMRC's ``shuffle=``.
+SHUFFLE_CHOICES = {"bit": "bit", "byte": "byte", "none": None, "auto": "auto"}
+
+
 def _add_writing(p: argparse.ArgumentParser, compressor: bool, many: bool) -> None:
     if compressor:
         p.add_argument("--compressor", default="zstd", choices=CODECS,
                        help="blosc codec for .mrcz output (default zstd)")
+        p.add_argument("--shuffle", default="bit", choices=list(SHUFFLE_CHOICES),
+                       help="blosc filter for MRCZ output: bit (default, counted data), "
+                       "byte (gain-corrected float data), none, or auto (from the first frame)")
         p.add_argument("--clevel", type=_clevel, default=1,
                        help="compression level 0-9: higher is smaller and slower (default 1)")
     else:

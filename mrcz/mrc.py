@@ -339,8 +339,8 @@ def _arrange(data: np.ndarray, info: hdr.HeaderInfo, slices: int,
 def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = None,
             endian: str = "le", pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
             useMemmap: bool = False, n_threads: int | None = None,
-            slices: int | None = None, *,
-            permissive: bool = False) -> tuple[np.ndarray | list[np.ndarray], dict]:
+            slices: int | None = None, *, permissive: bool = False,
+            out: np.ndarray | None = None) -> tuple[np.ndarray | list[np.ndarray], dict]:
     r"""Read an MRC or MRCZ file.
 
     Parameters
@@ -359,6 +359,10 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     permissive : salvage what a damaged file still holds, with a warning: the
         complete frames of a truncated or partly corrupt movie, data despite
         undecodable JSON metadata. ``header['dimensions']`` gives what was read.
+    out : a C-contiguous array of the returned dtype holding exactly the slices
+        asked for (``(count, ny, nx)``, or ``(ny, nx)`` for one); filled and used as
+        the image's memory, so a loop over files reuses one buffer. Compressed
+        frames are decoded straight into it.
 
     Returns
     -------
@@ -369,12 +373,16 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     name = describe(MRCfilename)
     convention = fileConvention.lower()
     n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+    if out is not None and useMemmap:
+        raise ValueError(f"{name}: out= and useMemmap=True exclude each other")
     with open_for_read(MRCfilename, memmap=useMemmap) as f:
         info, meta = read_header_and_meta(f, name, convention, permissive)
         slices = _resolve_slices(info, meta, slices, name)
         nz, ny, nx = info.shape
         selected = _frame_range(idx, nz, name)
         first, count = selected if selected else (0, nz)
+        if out is not None:
+            _check_out(out, (count, ny, nx), info, name)
         if info.compressor is None and permissive:
             count = _salvageable_plain(f, info, first, count, slices, name)
         elif info.compressor is None:
@@ -388,7 +396,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
             fd, chunks = _index_compressed(f, info, first, count, name, permissive)
-            data = _allocate((len(chunks), ny, nx), info.dtype, name)
+            data = _decode_target(out, (len(chunks), ny, nx), info, name)
             if permissive:
                 kept = _salvage_compressed(fd, chunks, first, data, n_threads, name)
                 count = _whole_frames(kept, count, slices, name)
@@ -401,14 +409,49 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             _read_plain(f, info, first, count, packed, name)
             data = _unpack_uint4(packed, nx)
         else:
-            data = _allocate((count, ny, nx), info.dtype, name)
+            data = _decode_target(out, (count, ny, nx), info, name)
             _read_plain(f, info, first, count, data, name)
     if not isinstance(data, np.memmap):
         data = _to_native(data, info)
+    if out is not None and not np.shares_memory(data, out):
+        target = out.reshape(-1, ny, nx)[:data.shape[0]]
+        target[...] = data.reshape(target.shape)
+        data = target
     header = header_dict(info, meta, pixelunits, convention, chunk_version)
     if selected or count != nz:
         header["dimensions"][0] = count
     return _arrange(data, info, slices, selected is None), header
+
+
+def _native_dtype(info: hdr.HeaderInfo) -> np.dtype:
+    """The dtype readMRC returns for the file described by ``info``."""
+    if info.dtype.names:
+        return np.dtype(np.complex64)
+    if info.widened_uint8:
+        return np.dtype(np.uint8)
+    return info.dtype.newbyteorder("=")
+
+
+def _check_out(out: np.ndarray, shape: tuple[int, int, int], info: hdr.HeaderInfo,
+               name: str) -> None:
+    """Raise unless ``out`` can hold the slices of ``shape`` as readMRC returns them."""
+    want = _native_dtype(info)
+    if not isinstance(out, np.ndarray) or out.dtype != want or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{name}: out= must be a writeable C-contiguous {want} array, got "
+                         f"{type(out).__name__} {getattr(out, 'dtype', '')}")
+    if out.shape not in (shape, shape[1:] if shape[0] == 1 else shape):
+        raise ValueError(f"{name}: out= has shape {out.shape}; the slices read need "
+                         f"{shape}")
+
+
+def _decode_target(out: np.ndarray | None, shape: tuple[int, int, int],
+                   info: hdr.HeaderInfo, name: str) -> np.ndarray:
+    """Where the stored values are read to: ``out`` itself when it holds them as stored."""
+    if out is not None and out.dtype == info.dtype and info.mode != hdr.MODE_UINT4 \
+            and not info.widened_uint8:
+        return out.reshape(-1, *shape[1:])[:shape[0]]
+    return _allocate(shape, info.dtype, name)
 
 
 def _first_chunk_version(f: BinaryIO, info: hdr.HeaderInfo) -> int:
@@ -588,7 +631,8 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
              C3: float = 0.0, gain: float = 1.0, compressor: str | None = None,
              clevel: int = 1, n_threads: int | None = None, quickStats: bool = True,
              idx: int | None = None, backend: str | None = None,
-             template: str | os.PathLike | carry.Template | None = None) -> None:
+             template: str | os.PathLike | carry.Template | None = None,
+             shuffle: str | None = "bit") -> None:
     r"""Write an MRC file, or a compressed MRCZ file when ``compressor`` is given.
 
     Parameters
@@ -620,6 +664,10 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         fields the data do not decide (origin, start indices, axis order, cell
         angles, space group, labels, extended header, ...) the new file keeps; see
         "Copies and conversions" in the specification.
+    shuffle : the blosc filter of compressed frames: ``'bit'`` (default; best for
+        counted data), ``'byte'`` (smaller files for gain-corrected float data),
+        ``None``, or ``'auto'`` (chosen from the first frame; see
+        :func:`mrcz.codec.choose_shuffle`). Every mrcz release reads all of them.
     """
     from . import wholefile  # names ending .gz/.bz2/.zst: whole-file compressed plain MRC
 
@@ -631,6 +679,7 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
                                backend=backend, template=template)
     name = describe(MRCfilename)
     _check_compressor(compressor, backend, clevel)
+    codec.check_shuffle(shuffle)
     if compressor and backend is None and compressor not in codec.BLOSC1_CODECS:
         warnings.warn(f"{name}: {compressor!r} exists only in blosc2, so this file gets "
                       "blosc2-format chunks that mrcz < 0.6 and blosc 1.x cannot read",
@@ -639,6 +688,9 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
     n_threads = DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
     source = frame_source(input_image, name)
     if idx is not None and os.path.isfile(MRCfilename):
+        if shuffle != "bit":
+            raise ValueError(f"{name}: shuffle={shuffle!r} applies to new files; frames "
+                             "written at idx= into an existing file are bit-shuffled")
         from .append import write_at  # only needed for in-place writes
         write_at(source, MRCfilename, int(idx), clevel, backend, n_threads, not quickStats, name)
         return
@@ -660,7 +712,7 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         wanted = stats_wanted(quickStats, compressor)
         if compressor:
             stats, packed = _write_compressed(f, source, plan.stored, compressor, clevel,
-                                              backend, n_threads, wanted, name)
+                                              backend, n_threads, wanted, name, shuffle)
             rec["packed_bytes"] = packed
         else:
             stats = _write_plain(f, source, plan.stored, plan.mode, n_threads, wanted, name)
@@ -714,11 +766,11 @@ def _write_plain(f: BinaryIO, source: FrameSource, stored: np.dtype, mode: int,
 
 def _write_compressed(f: BinaryIO, source: FrameSource, stored: np.dtype, compressor: str,
                       clevel: int, backend: str | None, n_threads: int, with_rms: bool,
-                      name: str) -> tuple[Stats, int]:
+                      name: str, shuffle: str | None = "bit") -> tuple[Stats, int]:
     from .stream import FrameAppender  # stream imports this module
 
     appender = FrameAppender(f, stored, 0, compressor, clevel, backend, with_rms, n_threads,
-                             name)
+                             name, shuffle=shuffle)
     appender.put_source(source)
     return appender.stats, appender.packed
 

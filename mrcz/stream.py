@@ -37,28 +37,37 @@ from .workers import Pipeline, ordered_map
 __all__ = ["MRCZWriter", "MRCZReader", "iter_frames"]
 
 _TOFILE_MIN_BYTES = 2**20
+#: Slices are handed to the pool in batches of about this many bytes (bench/README.md:
+#: one task per 128^2 particle cost more CPU than its compression).
+BATCH_BYTES = 4 * 2**20
 
 
 class FrameAppender:
     """Encode 2-D slices on the shared pool and write them, in order, to ``f``.
 
     Each slice is cast to the stored dtype (``mode`` 101: packed two pixels per
-    byte) and, with a ``compressor``, compressed into one blosc chunk. Statistics
-    of the slices as given accumulate in ``stats`` (``with_rms``: True for all of
-    them, False without the RMS, None for none: "not known"); bytes written in
-    ``packed``.
+    byte) and, with a ``compressor``, compressed into one blosc chunk filtered as
+    ``shuffle`` says (``'auto'``: chosen from the first slice). Statistics of the
+    slices as given accumulate in ``stats`` (``with_rms``: True for all of them,
+    False without the RMS, None for none: "not known"); bytes written in
+    ``packed``. Slices smaller than :data:`BATCH_BYTES` are encoded in batches of
+    about that size per pool task, so small frames do not pay a task each.
     """
 
     def __init__(self, f: BinaryIO, stored: np.dtype, mode: int, compressor: str | None,
                  clevel: int, backend: str | None, with_rms: bool | None, n_threads: int, name: str,
-                 stats: Stats | None = None, packed: int = 0) -> None:
+                 stats: Stats | None = None, packed: int = 0, shuffle: str | None = "bit") -> None:
+        codec.check_shuffle(shuffle)
         self._f = f
         self._encode_args = stored, mode, compressor, clevel, backend, with_rms, name
+        self._shuffle = shuffle
         self.stats = Stats() if stats is None else stats
         self.packed = packed
         self._queued_writes = 0
+        self._batch: list[Any] = []
+        self._batch_bytes = 0
         self._n_threads = n_threads
-        self._pipeline = Pipeline(self._encode, self._write, n_threads)
+        self._pipeline = Pipeline(self._encode, self._consume, n_threads)
 
     def put(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
         """Queue one 2-D slice (or a function returning it, called on the pool).
@@ -67,14 +76,34 @@ class FrameAppender:
         statistics gathered on the pool meanwhile.
         """
         if self._as_is(frame):
+            self._flush_batch()
             if self._queued_writes:
                 self._pipeline.finish()
             _write_array(self._f, frame)
             self.packed += frame.nbytes
-            self._pipeline.put((frame, False))
-        else:
+            self._pipeline.put(([frame], False))
+            return
+        if self._shuffle == "auto":
+            frame = frame() if callable(frame) else frame
+            self._shuffle = self._choose_shuffle(frame)
+        self._batch.append(frame)
+        self._batch_bytes += frame.nbytes if isinstance(frame, np.ndarray) else BATCH_BYTES
+        if self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self._batch:
             self._queued_writes += 1
-            self._pipeline.put((frame, True))
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._pipeline.put((batch, True))
+
+    def _choose_shuffle(self, frame: np.ndarray) -> str | None:
+        stored, mode, compressor, clevel, backend, _, name = self._encode_args
+        if not compressor:
+            return "bit"
+        data = _stored_slice(frame, stored, mode, name)
+        blocksize = codec.choose_blocksize(data.nbytes, data.dtype.itemsize, compressor)
+        return codec.choose_shuffle(data, compressor, clevel, blocksize, backend)
 
     def put_source(self, source: FrameSource) -> None:
         """Put every z-slice of ``source`` and finish (slices that need computing, as of
@@ -119,9 +148,11 @@ class FrameAppender:
             raise
 
     def finish(self) -> None:
+        self._flush_batch()
         self._pipeline.finish()
 
     def cancel(self) -> None:
+        self._batch, self._batch_bytes = [], 0
         self._pipeline.cancel()
 
     def _as_is(self, frame: Any) -> bool:
@@ -129,26 +160,43 @@ class FrameAppender:
         return (not compressor and mode != hdr.MODE_UINT4 and isinstance(frame, np.ndarray)
                 and frame.dtype == stored and frame.flags.c_contiguous)
 
-    def _encode(self, item: tuple[Any, bool]) -> tuple[Any, Stats]:
-        stored, mode, compressor, clevel, backend, with_rms, name = self._encode_args
-        frame, encode = item
-        frame = frame() if callable(frame) else frame
-        stats = Stats(known=False) if with_rms is None else Stats.of_frame(frame, with_rms)
-        if not encode:
-            return None, stats
+    def _encode(self, item: tuple[list[Any], bool]) -> tuple[list[Any] | None, list[Stats]]:
+        """Statistics of every slice of a batch and, when ``encode``, its encoded bytes."""
+        with_rms = self._encode_args[5]
+        frames, encode = item
+        encoded, stats = [], []
+        for frame in frames:
+            frame = frame() if callable(frame) else frame
+            stats.append(Stats(known=False) if with_rms is None
+                         else Stats.of_frame(frame, with_rms))
+            if encode:
+                encoded.append(self._encode_frame(frame))
+        return (encoded if encode else None), stats
+
+    def _encode_frame(self, frame: np.ndarray) -> bytes | memoryview:
+        stored, mode, compressor, clevel, backend, _, name = self._encode_args
         data = _stored_slice(frame, stored, mode, name)
         if compressor:
             blocksize = codec.choose_blocksize(data.nbytes, data.dtype.itemsize, compressor)
-            return codec.compress_frame(data, compressor, clevel, blocksize, backend), stats
-        return memoryview(data.reshape(-1)).cast("B"), stats
+            return codec.compress_frame(data, compressor, clevel, blocksize, backend,
+                                        self._shuffle)
+        return memoryview(data.reshape(-1)).cast("B")
 
-    def _write(self, result: tuple[Any, Stats]) -> None:
-        data, stats = result
-        if data is not None:
-            self._f.write(data)
-            self.packed += len(data)
+    def _consume(self, result: tuple[list[Any] | None, list[Stats]]) -> None:
+        encoded, stats = result
+        if encoded is not None:
+            self._write(encoded)
             self._queued_writes -= 1
-        self.stats.add(stats)
+        for frame_stats in stats:
+            self.stats.add(frame_stats)
+
+    def _write(self, encoded: list[Any]) -> None:
+        """The one place where finished slices reach the file, in frame order."""
+        if len(encoded) > 1:  # a batch of small chunks: one write call
+            self._f.write(b"".join(encoded))
+        else:
+            self._f.write(encoded[0])
+        self.packed += sum(len(data) for data in encoded)
 
 
 def _write_array(f: BinaryIO, frame: np.ndarray) -> None:
@@ -183,7 +231,8 @@ class MRCZWriter:
         are used; it is not written).
     dtype : dtype of the frames (default: the example frame's).
     compressor, clevel, pixelsize, pixelunits, voltage, C3, gain, meta, endian,
-    quickStats, backend : as for :func:`mrcz.writeMRC`.
+    quickStats, backend, shuffle : as for :func:`mrcz.writeMRC` (``shuffle='auto'``
+        decides from the first frame written).
     n_threads : frames compressed in parallel (default: the number of cores).
     slices : 0 (one 3-D array) or 1 (a list of 2-D frames), as writeMRC records it.
 
@@ -196,11 +245,13 @@ class MRCZWriter:
                  pixelsize: Any = (0.1, 0.1, 0.1), pixelunits: str = ANGSTROM,
                  voltage: float = 0.0, C3: float = 0.0, gain: float = 1.0,
                  meta: dict | None = None, n_threads: int | None = None, endian: str = "le",
-                 slices: int = 0, quickStats: bool = True, backend: str | None = None) -> None:
+                 slices: int = 0, quickStats: bool = True, backend: str | None = None,
+                 shuffle: str | None = "bit") -> None:
         self.name = describe(path)
         (self._ny, self._nx), self.dtype = _template(shape, dtype, self.name)
         target = dtype if isinstance(dtype, str) and "uint4" in dtype.lower() else self.dtype
         _check_compressor(compressor, backend, clevel)
+        codec.check_shuffle(shuffle)
         if slices not in (0, 1):
             raise ValueError(f"{self.name}: slices must be 0 or 1, got {slices}")
         self._slices = slices
@@ -220,7 +271,7 @@ class MRCZWriter:
             self._f.write(bytes(hdr.HEADER_BYTES) + meta_bytes)
             self._appender = FrameAppender(self._f, stored, mode, compressor, clevel, backend,
                                            mrc.stats_wanted(quickStats, compressor),
-                                           n_threads, self.name)
+                                           n_threads, self.name, shuffle=shuffle)
         except BaseException as err:
             self._discard(err)
             raise

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mrcz import codec
+import mrcz
+from mrcz import cli, codec
 from mrcz.errors import CorruptDataError
 from mrcz.stats import Stats, min_max_sum
+from mrcz.stream import MRCZWriter
 from mrcz.workers import Pipeline
 
 
@@ -19,8 +23,9 @@ def test_chunk_round_trip_is_bitshuffled(rng, cname, dtype):
     frame = rng.poisson(0.8, (64, 48)).astype(dtype)
     chunk = codec.compress_frame(frame, cname, 1, codec.choose_blocksize(frame.nbytes))
     header = codec.ChunkHeader.parse(chunk)
-    assert (header.nbytes, header.cbytes, header.typesize) == (frame.nbytes, len(chunk),
-                                                               frame.itemsize)
+    wide = cname in codec.WIDE_TYPESIZE_CODECS and frame.itemsize == 1  # declared_typesize
+    assert (header.nbytes, header.cbytes, header.typesize) == (
+        frame.nbytes, len(chunk), codec.WIDE_TYPESIZE if wide else frame.itemsize)
     assert header.shuffle == "bit" and header.version == 2
     out = np.empty_like(frame)
     codec.decompress_into(chunk, out, "x")
@@ -230,3 +235,171 @@ def test_python_blosc_settings_are_restored_for_other_users(tmp_path):
     finally:
         blosc.set_blocksize(0)
         blosc.set_nthreads(before_threads)
+
+
+@pytest.mark.parametrize("shuffle, recorded", [("bit", "bit"), ("byte", "byte"), (None, "none")])
+@pytest.mark.parametrize("backend", [None, "blosc2"])
+def test_chunk_records_the_filter_asked_for(rng, shuffle, recorded, backend):
+    frame = (rng.poisson(0.8, (64, 64)) * rng.normal(1, 0.05, (64, 64))).astype(np.float32)
+    chunk = codec.compress_frame(frame, "zstd", 1, frame.nbytes, backend, shuffle)
+    if backend == "blosc2":  # first filter of the extended header: none 0, byte 1, bit 2
+        assert chunk[16] == {"none": 0, "byte": 1, "bit": 2}[recorded]
+    else:
+        assert codec.ChunkHeader.parse(chunk).shuffle == recorded
+    out = np.empty_like(frame)
+    codec.decompress_into(chunk, out, "x")
+    assert np.array_equal(out, frame)
+
+
+def test_unknown_shuffle_is_refused():
+    with pytest.raises(ValueError, match="shuffle"):
+        codec.check_shuffle("bitshuffle")
+
+
+def test_wide_typesize_only_where_it_divides_the_frame(rng):
+    odd = rng.poisson(0.8, (33, 31)).astype(np.int8)
+    assert codec.declared_typesize(odd, "lz4") == 1
+    assert codec.declared_typesize(odd[:32, :30].copy(), "lz4") == codec.WIDE_TYPESIZE
+    assert codec.declared_typesize(odd, "zstd") == 1
+    chunk = codec.compress_frame(odd, "lz4", 9, odd.nbytes)
+    out = np.empty_like(odd)
+    codec.decompress_into(chunk, out, "x")
+    assert np.array_equal(out, odd)
+
+
+def test_auto_shuffle_follows_the_data(rng):
+    counts = rng.poisson(0.8, (512, 512)).astype(np.int8)
+    gain = rng.normal(1.0, 0.05, (512, 512)).astype(np.float32)
+    corrected = (rng.poisson(0.8, (512, 512)) * gain).astype(np.float32)
+    blocksize = 2**20
+    assert codec.choose_shuffle(counts, "zstd", 1, blocksize) == "bit"
+    assert codec.choose_shuffle(corrected, "zstd", 1, blocksize) == "byte"
+
+
+# ----------------------------------------------------------------------------- writers: filters, batches, buffers
+
+ORIGINAL_PYTHON = Path(os.environ.get("MRCZ_REFERENCE_VENVS", "/work/refvenvs")) / \
+    "mrcz-0.6.0" / "bin" / "python"
+
+
+def gain_corrected(rng, shape=(4, 256, 256)) -> np.ndarray:
+    gain = rng.normal(1.0, 0.05, shape[1:])
+    return (rng.poisson(0.8, shape) * gain).astype(np.float32)
+
+
+def chunk_filters(path: Path) -> list[str]:
+    info, _ = mrcz.mrc.read_header_and_meta(open(path, "rb"), "x")
+    with open(path, "rb") as f:
+        chunks = codec.index_chunks(f.fileno(), info.data_offset, info.shape[0],
+                                    os.path.getsize(path), info.shape[1] * info.shape[2]
+                                    * info.dtype.itemsize, "x")
+        return [codec.ChunkHeader.parse(os.pread(f.fileno(), 16, offset)).shuffle
+                for offset, _ in chunks]
+
+
+@pytest.mark.parametrize("shuffle, recorded", [("bit", "bit"), ("byte", "byte"), (None, "none"),
+                                               ("auto", "byte")])
+def test_writers_apply_the_filter_asked_for(tmp_path, rng, shuffle, recorded):
+    movie = gain_corrected(rng)
+    mrcz.writeMRC(movie, tmp_path / "w.mrcz", compressor="zstd", shuffle=shuffle)
+    with MRCZWriter(tmp_path / "s.mrcz", movie[0], compressor="zstd", shuffle=shuffle) as w:
+        for frame in movie:
+            w.write(frame)
+    mrcz.asyncWriteMRC(movie, tmp_path / "a.mrcz", compressor="zstd", shuffle=shuffle).result()
+    written = (tmp_path / "w.mrcz").read_bytes()
+    assert (tmp_path / "s.mrcz").read_bytes() == written
+    assert (tmp_path / "a.mrcz").read_bytes() == written
+    assert chunk_filters(tmp_path / "w.mrcz") == [recorded] * len(movie)
+    image, _ = mrcz.readMRC(tmp_path / "w.mrcz")
+    assert np.array_equal(image, movie)
+
+
+def test_byte_shuffle_shrinks_gain_corrected_data(tmp_path, rng):
+    movie = gain_corrected(rng, (4, 256, 256))
+    sizes = {}
+    for shuffle in ("bit", "byte"):
+        mrcz.writeMRC(movie, tmp_path / "m.mrcz", compressor="zstd", shuffle=shuffle)
+        sizes[shuffle] = os.path.getsize(tmp_path / "m.mrcz")
+    assert sizes["byte"] < 0.9 * sizes["bit"]
+
+
+def test_writers_refuse_an_unknown_filter(tmp_path, rng):
+    movie = gain_corrected(rng)
+    with pytest.raises(ValueError, match="shuffle"):
+        mrcz.writeMRC(movie, tmp_path / "w.mrcz", compressor="zstd", shuffle="bits")
+    with pytest.raises(ValueError, match="shuffle"):
+        MRCZWriter(tmp_path / "s.mrcz", movie[0], compressor="zstd", shuffle=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_small_frames_in_batches_write_what_one_at_a_time_writes(tmp_path, rng):
+    particles = rng.normal(0, 1, (700, 64, 64)).astype(np.float32)  # 16 KiB each: batched
+    mrcz.writeMRC(particles, tmp_path / "b.mrcz", compressor="zstd", n_threads=2)
+    one_by_one = [codec.compress_frame(p, "zstd", 1, p.nbytes) for p in particles]
+    data = (tmp_path / "b.mrcz").read_bytes()
+    assert data.endswith(b"".join(one_by_one))
+    image, header = mrcz.readMRC(tmp_path / "b.mrcz")
+    assert np.array_equal(image, particles)
+    assert header["maxImage"] == particles.max() and header["minImage"] == particles.min()
+
+
+@pytest.mark.parametrize("compressor", ["zstd", None])
+def test_readMRC_fills_the_callers_buffer(tmp_path, rng, compressor):
+    movie = rng.poisson(0.8, (5, 64, 48)).astype(np.int16)
+    mrcz.writeMRC(movie, tmp_path / "m.mrc", compressor=compressor)
+    out = np.full_like(movie, -7)
+    image, _ = mrcz.readMRC(tmp_path / "m.mrc", out=out)
+    assert np.shares_memory(image, out) and np.array_equal(out, movie)
+    one = np.empty(movie.shape[1:], np.int16)
+    frame, _ = mrcz.readMRC(tmp_path / "m.mrc", idx=3, out=one)
+    assert np.shares_memory(frame, one) and np.array_equal(one, movie[3])
+    with pytest.raises(ValueError, match="shape"):
+        mrcz.readMRC(tmp_path / "m.mrc", idx=(1, 2), out=out)
+    with pytest.raises(ValueError, match="int16"):
+        mrcz.readMRC(tmp_path / "m.mrc", out=out.astype(np.float32))
+
+
+def test_readMRC_out_converts_big_endian_and_widened_files(tmp_path, rng):
+    movie = rng.poisson(3.0, (3, 32, 40)).astype(np.uint8)
+    for endian in ("le", "be"):
+        mrcz.writeMRC(movie, tmp_path / "m.mrc", endian=endian)
+        out = np.zeros_like(movie)
+        image, _ = mrcz.readMRC(tmp_path / "m.mrc", out=out)
+        assert np.shares_memory(image, out) and np.array_equal(out, movie)
+
+
+@pytest.mark.skipif(not ORIGINAL_PYTHON.exists(), reason="original mrcz 0.6.0 venv absent")
+def test_original_reads_every_filter_and_the_wide_typesize(tmp_path, rng):
+    movie = gain_corrected(rng)
+    counts = rng.poisson(0.8, (4, 64, 64)).astype(np.int8)
+    paths = []
+    for shuffle in ("bit", "byte", None):
+        paths.append(tmp_path / f"{shuffle}.mrcz")
+        mrcz.writeMRC(movie, paths[-1], compressor="zstd", shuffle=shuffle)
+    mrcz.writeMRC(counts, tmp_path / "lz4.mrcz", compressor="lz4", clevel=9)
+    np.save(tmp_path / "movie.npy", movie)
+    np.save(tmp_path / "counts.npy", counts)
+    script = ("import sys, numpy as np, mrcz\n"
+              "for npy, path in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+              "    a, h = mrcz.readMRC(path)\n"
+              "    assert np.array_equal(np.asarray(a), np.load(npy)), path\n")
+    args = []
+    for path in paths:
+        args += [str(tmp_path / "movie.npy"), str(path)]
+    args += [str(tmp_path / "counts.npy"), str(tmp_path / "lz4.mrcz")]
+    done = subprocess.run([str(ORIGINAL_PYTHON), "-c", script, *args], capture_output=True,
+                          text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["compress", "convert"])
+def test_cli_shuffle_option(tmp_path, rng, command):
+    movie = gain_corrected(rng)
+    mrcz.writeMRC(movie, tmp_path / "in.mrc")
+    for choice, recorded in (("none", "none"), ("byte", "byte"), ("auto", "byte")):
+        out = tmp_path / f"{choice}.mrcz"
+        argv = ([command, str(tmp_path / "in.mrc"), "-o", str(out)] if command == "compress"
+                else [command, str(tmp_path / "in.mrc"), str(out)])
+        assert cli.main([*argv, "--shuffle", choice]) == 0
+        assert chunk_filters(out) == [recorded] * len(movie)
+        assert np.array_equal(mrcz.readMRC(out)[0], movie)
