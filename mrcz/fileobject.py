@@ -11,6 +11,7 @@ its template, so every field the compression does not use is kept.
 """
 from __future__ import annotations
 
+import base64
 import builtins
 import concurrent.futures
 import os
@@ -22,7 +23,7 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
-from . import carry, header as hdr, wholefile
+from . import carry, header as hdr, meta as jsonmeta, wholefile
 from .atomic import atomic_output
 from .errors import FormatError, MRCZError
 from .mrc import readMRC, writeMRC
@@ -61,7 +62,7 @@ class MrcFile(MrcObject):
         self._memmap, self._closed = memmap, False
         self.compressor, self.clevel = compressor, int(clevel)
         self.compression = compression
-        self._frames_on_disk: int | None = None
+        self._json_bytes: bytes | None = None
         if mode == "w+":
             self._create(overwrite)
         else:
@@ -105,6 +106,11 @@ class MrcFile(MrcObject):
             for field in ("mx", "my", "cella"):
                 if field in kept:
                     self._header[field] = tuple(kept[field]) if field == "cella" else kept[field]
+            if "extended_header" in kept and kept.get("exttyp") != "json":
+                self._json_bytes = self._extended.tobytes()  # the JSON, kept apart
+                self.set_extended_header(np.frombuffer(
+                    bytearray(base64.b64decode(kept["extended_header"])), dtype="V1"))
+                self._header.exttyp = str(kept.get("exttyp", "")).encode("latin-1")[:4]
         self._info = info
         if not self._header_only:
             self._data = None if info.compressor else self._read_plain_data(info, raw)
@@ -191,14 +197,26 @@ class MrcFile(MrcObject):
     def metadata(self) -> dict:
         """The JSON metadata, without what MRCZ displaced from the header (which
         :meth:`flush` keeps up to date by itself)."""
-        meta = dict(MrcObject.metadata.fget(self))
+        meta = dict(self._json())
         meta.pop(carry.DISPLACED_KEY, None)
         return meta
 
     @metadata.setter
     def metadata(self, meta: dict) -> None:
-        kept = MrcObject.metadata.fget(self).get(carry.DISPLACED_KEY)
-        MrcObject.metadata.fset(self, {**meta, carry.DISPLACED_KEY: kept} if kept else meta)
+        self._check_writeable()
+        kept = self._json().get(carry.DISPLACED_KEY)
+        meta = {**meta, carry.DISPLACED_KEY: kept} if kept else meta
+        if self._json_bytes is not None:
+            self._json_bytes = jsonmeta.encode(meta)
+        else:
+            MrcObject.metadata.fset(self, meta)
+
+    def _json(self) -> dict:
+        """The JSON extended header as a dict: the file's own, or in an MRCZ file that
+        shows another extended header, the JSON kept apart."""
+        if self._json_bytes is not None:
+            return jsonmeta.decode(self._json_bytes, self.name)
+        return MrcObject.metadata.fget(self)
 
     def _shape_on_disk(self) -> tuple[int, ...]:
         return data_shape(self._header)
@@ -310,7 +328,7 @@ class MrcFile(MrcObject):
         if self._stream is not None:
             raise ValueError("MRCZ files are written to named files, not streams")
         image = data.reshape(-1, *data.shape[-2:]) if data.ndim == 4 else data
-        meta = MrcObject.metadata.fget(self) or None
+        meta = self._json() or None
         vz, vy, vx = (float(self.voxel_size[k]) for k in ("z", "y", "x"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

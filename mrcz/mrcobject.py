@@ -47,6 +47,54 @@ VOLUME_SPACEGROUP = 1
 VOLUME_STACK_SPACEGROUP = 401
 
 
+# The FEI (Thermo Fisher) per-section metadata record, version 0 ("FEI1") and its
+# version-2 additions ("FEI2"), as laid out in Thermo Fisher's MRC2014 extended
+# header specification: "name:type" in order, packed, little-endian.
+_FEI1_FIELDS = """
+Metadata size:i4 Metadata version:i4 Bitmask 1:u4 Timestamp:f8 Microscope type:S16
+D-Number:S16 Application:S16 Application version:S16 HT:f8 Dose:f8 Alpha tilt:f8
+Beta tilt:f8 X-Stage:f8 Y-Stage:f8 Z-Stage:f8 Tilt axis angle:f8 Dual axis rotation:f8
+Pixel size X:f8 Pixel size Y:f8 Unused range:S48 Defocus:f8 STEM Defocus:f8
+Applied defocus:f8 Instrument mode:i4 Projection mode:i4 Objective lens mode:S16
+High magnification mode:S16 Probe mode:i4 EFTEM On:? Magnification:f8 Bitmask 2:u4
+Camera length:f8 Spot index:i4 Illuminated area:f8 Intensity:f8 Convergence angle:f8
+Illumination mode:S16 Wide convergence angle range:? Slit inserted:? Slit width:f8
+Acceleration voltage offset:f8 Drift tube voltage:f8 Energy shift:f8 Shift offset X:f8
+Shift offset Y:f8 Shift X:f8 Shift Y:f8 Integration time:f8 Binning Width:i4
+Binning Height:i4 Camera name:S16 Readout area left:i4 Readout area top:i4
+Readout area right:i4 Readout area bottom:i4 Ceta noise reduction:? Ceta frames summed:i4
+Direct detector electron counting:? Direct detector align frames:?
+Camera param reserved 0:i4 Camera param reserved 1:i4 Camera param reserved 2:i4
+Camera param reserved 3:i4 Bitmask 3:u4 Camera param reserved 4:i4
+Camera param reserved 5:i4 Camera param reserved 6:i4 Camera param reserved 7:i4
+Camera param reserved 8:i4 Camera param reserved 9:i4 Phase Plate:? STEM Detector name:S16
+Gain:f8 Offset:f8 STEM param reserved 0:i4 STEM param reserved 1:i4
+STEM param reserved 2:i4 STEM param reserved 3:i4 STEM param reserved 4:i4 Dwell time:f8
+Frame time:f8 Scan size left:i4 Scan size top:i4 Scan size right:i4 Scan size bottom:i4
+Full scan FOV X:f8 Full scan FOV Y:f8 Element:S16 Energy interval lower:f8
+Energy interval higher:f8 Method:i4 Is dose fraction:? Fraction number:i4 Start frame:i4
+End frame:i4 Input stack filename:S80 Bitmask 4:u4 Alpha tilt min:f8 Alpha tilt max:f8
+"""
+_FEI2_MORE_FIELDS = """
+Scan rotation:f8 Diffraction pattern rotation:f8 Image rotation:f8
+Scan mode enumeration:i4 Acquisition time stamp:i8 Detector commercial name:S16
+Start tilt angle:f8 End tilt angle:f8 Tilt per image:f8 Tilt speed:f8
+Beam center X pixel:i4 Beam center Y pixel:i4 CFEG flash timestamp:i8
+Phase plate position index:i4 Objective aperture name:S16
+"""
+
+
+def _fields(text: str) -> list[tuple[str, str]]:
+    import re
+
+    return [(name.strip(), "<" + kind if kind[0] in "iuf" else kind)
+            for name, kind in re.findall(r"([^:]+?):(\S+)(?:\s+|$)", text.strip())]
+
+
+FEI1_EXTENDED_HEADER_DTYPE = np.dtype(_fields(_FEI1_FIELDS))
+FEI2_EXTENDED_HEADER_DTYPE = np.dtype(_fields(_FEI1_FIELDS) + _fields(_FEI2_MORE_FIELDS))
+
+
 def mode_of(dtype: np.dtype) -> int:
     """The MRC mode for ``dtype``; ValueError for dtypes MRC cannot hold."""
     mode = MODE_OF_DTYPE.get(np.dtype(dtype).newbyteorder("="))
@@ -109,6 +157,27 @@ class MrcObject:
     @property
     def byteorder(self) -> str:
         return ">" if self._header.dtype["nx"].byteorder == ">" else "<"
+
+    @property
+    def indexed_extended_header(self) -> np.ndarray | None:
+        """The extended header as FEI1/FEI2 per-section records (``None`` for other
+        exttyps): one record per section, each ``Metadata size`` bytes long."""
+        kind = bytes(self._header.exttyp)
+        if kind not in (b"FEI1", b"FEI2") or self._extended.nbytes < 4:
+            return None
+        base = FEI1_EXTENDED_HEADER_DTYPE if kind == b"FEI1" else FEI2_EXTENDED_HEADER_DTYPE
+        raw = self._extended.tobytes()
+        size = int(np.frombuffer(raw[:4], dtype="<i4")[0])
+        if size < base.itemsize:
+            raise FormatError(f"{kind.decode()} records of {size} bytes are shorter than the "
+                              f"{base.itemsize} bytes of version {kind[-1:].decode()}")
+        count = int(np.count_nonzero(np.frombuffer(
+            raw[:len(raw) // size * size], dtype=np.dtype((np.void, size))).view(np.uint8)
+            .reshape(-1, size)[:, :4].any(axis=1)))
+        padded = np.dtype({"names": base.names, "formats": [base[n] for n in base.names],
+                           "offsets": [base.fields[n][1] for n in base.names],
+                           "itemsize": size})
+        return np.frombuffer(raw[:count * size], dtype=padded)
 
     @property
     def metadata(self) -> dict:

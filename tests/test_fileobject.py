@@ -445,3 +445,36 @@ def test_readmrc_reads_what_the_file_object_writes(path):
         image, header = mrcz.readMRC(str(path))
     np.testing.assert_array_equal(np.asarray(image).reshape(DATA_3D.shape), DATA_3D)
     np.testing.assert_allclose(header["pixelsize"], 2.0)
+
+
+@pytest.mark.parametrize("kind", [b"FEI1", b"FEI2"])
+@pytest.mark.parametrize("suffix", [".mrc", ".mrcz"])
+def test_indexed_extended_header_reads_fei_records(tmp_path, kind, suffix):
+    base = (mrcz.mrcobject.FEI1_EXTENDED_HEADER_DTYPE if kind == b"FEI1"
+            else mrcz.mrcobject.FEI2_EXTENDED_HEADER_DTYPE)
+    records = np.zeros(3, dtype=base)
+    records["Metadata size"] = base.itemsize
+    records["HT"] = 300e3
+    records["Dose"] = [1.0, 2.0, 3.0]
+    records["Camera name"] = b"Falcon"
+    name = tmp_path / f"fei{suffix}"
+    with mrcz.new(name) as mrc:
+        mrc.set_data(np.zeros((3, 8, 8), dtype=np.float32))
+        mrc.set_extended_header(records)
+        mrc.header.exttyp = kind
+    with mrcz.open(name) as mrc:
+        indexed = mrc.indexed_extended_header
+        assert indexed.tolist() == records.tolist()
+    if suffix == ".mrc":
+        mrcfile = mrcfile_or_skip()
+        with mrcfile.open(str(name)) as theirs:
+            assert theirs.indexed_extended_header["Dose"].tolist() == [1.0, 2.0, 3.0]
+            assert theirs.indexed_extended_header.dtype.names == base.names
+    with mrcz.open(DATA_FILE_WITHOUT_FEI(tmp_path)) as mrc:
+        assert mrc.indexed_extended_header is None
+
+
+def DATA_FILE_WITHOUT_FEI(tmp_path: Path) -> Path:  # noqa: N802
+    name = tmp_path / "plain.mrc"
+    mrcz.write(name, EXAMPLE, overwrite=True)
+    return name
