@@ -696,7 +696,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         try:
             with readable_mrc(path) as plain:
-                problems = validate_file(plain, check_data=not args.quick)
+                problems = validate_file(plain, check_data=not args.quick,
+                                         deep=getattr(args, "deep", False))
         except OSError as err:
             print(f"mrcz validate: {_message(err)}", file=sys.stderr)
             invalid += 1
@@ -713,6 +714,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=1)
         print()
     return EXIT_FAILED if invalid else EXIT_OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Add frame indexes to the MRCZ files of a folder; see mrcz.upgrade.index_folder."""
+    from .upgrade import FAILED, index_folder
+
+    results = index_folder(args.folder, recursive=args.recursive,
+                           backup_dir=args.backup_dir, dry_run=args.dry_run)
+    for result in results:
+        print(result.line())
+    return EXIT_FAILED if any(r.status == FAILED for r in results) else EXIT_OK
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -815,8 +827,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--quick", action="store_true",
                    help="skip reading the data (no statistics check)")
+    p.add_argument("--deep", action="store_true",
+                   help="also decode every frame (`mrcz verify` does the same)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("verify", help="validate --deep: decode and check every frame and "
+                       "each file's checksums (exit 1 if any is invalid)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_validate, deep=True, quick=False)
+
+    p = sub.add_parser("index", help="add a frame index (per-frame checksums) to the MRCZ "
+                       "files of a folder that have none, originals kept in a backup folder")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("-r", "--recursive", action="store_true", help="include subfolders")
+    p.add_argument("--backup-dir", help="where originals go (default FOLDER/backup)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list what would change")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("compress", help="compress files to MRCZ")
     p.add_argument("inputs", nargs="+", metavar="IN")
