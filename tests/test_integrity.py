@@ -173,6 +173,23 @@ def test_many_random_flips_are_all_detected(tmp_path, movie):
     assert detected == len(bytes_)
 
 
+def test_a_flip_in_any_byte_after_the_header_is_detected(tmp_path, rng):
+    """Exhaustive on a small file: every byte of both chunks and of the index (one bit
+    each, chosen at random)."""
+    frames = rng.poisson(3.0, size=(2, 16, 16)).astype(np.uint16)
+    raw = write(tmp_path / "small.mrcz", frames)
+    path = tmp_path / "flip.mrcz"
+    bits = rng.integers(0, 8, size=len(raw))
+    spans = chunk_spans(raw, 2)
+    for byte in range(1024, len(raw)):
+        path.write_bytes(flipped(raw, byte, int(bits[byte])))
+        message = read_error(path)
+        frame = next((k for k, (o, n) in enumerate(spans) if o <= byte < o + n), None)
+        assert (f"chunk {frame} " if frame is not None else "frame index") in message, byte
+        if byte % 5 == 0:  # validate is slower: a fifth of the positions
+            assert not is_valid(validate_file(path)), byte
+
+
 def test_cli_validate_names_the_damaged_frame(tmp_path, movie, capsys):
     raw = write(tmp_path / "good.mrcz", movie)
     offset, cbytes = chunk_spans(raw, NZ)[2]
