@@ -17,6 +17,14 @@ Usage::
 
 CPU time is the process's (all threads); wall time is printed beside it. The
 machine has 2 cores shared with other jobs: the load average is printed.
+
+Measured here (2 cores, load average 6-9 from other jobs, ``--repeats 11``):
+16 frames, 60.5 MB compressed (ratio 4.44), 288-byte index. CRC-32C of all
+chunks alone: 4.9 ms CPU (12.4 GB/s), 1.5% of the write's 0.326 s CPU and
+2.0% of the read's 0.239 s; A/B: write +4.0%, read +1.3% (at this load the
+A/B differences are mostly noise). One frame of 10000 particles (596 MB):
+1.9 ms CPU / 4.0 ms wall with the index, 54 ms CPU / 132 ms wall walking the
+chunk headers (33x).
 """
 from __future__ import annotations
 

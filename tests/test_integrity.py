@@ -394,8 +394,13 @@ def test_damaged_whole_file_streams_are_invalid(tmp_path, rng, suffix, compress,
 def test_streams_written_by_this_package_validate(tmp_path, rng):
     image = rng.integers(0, 200, size=(4, 32, 32)).astype(np.int16)
     for suffix in (".mrc.gz", ".mrc.bz2", ".mrc.zst"):
-        mrcz.writeMRC(image, tmp_path / f"w{suffix}")
-        assert validate_file(tmp_path / f"w{suffix}", deep=True) == [], suffix
+        path = tmp_path / f"w{suffix}"
+        mrcz.writeMRC(image, path)
+        assert validate_file(path, deep=True) == [], suffix
+        raw = path.read_bytes()
+        for label, damaged in cut_and_flipped(raw).items():
+            path.write_bytes(damaged)
+            assert not is_valid(validate_file(path)), (suffix, label)
 
 
 # ----------------------------------------------------------------------------- old releases
