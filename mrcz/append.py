@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from . import codec, header as hdr
+from . import codec, frameindex, header as hdr
 from .errors import FormatError, UnsupportedError
 from .frames import FrameSource
 from .mrc import _set_stats, read_header_and_meta
@@ -75,7 +75,8 @@ def _write_plain_at(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, n_th
 def _append_compressed(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, clevel: int,
                        backend: str | None, n_threads: int, with_rms: bool, name: str,
                        total: Stats) -> int:
-    """Append compressed chunks after the last one; return the new packed size."""
+    """Append compressed chunks after the last one; return the new size of the data block
+    (chunks and frame index)."""
     nz, ny, nx = info.shape
     if idx != nz:
         raise UnsupportedError(f"{name}: compressed files can only be appended to "
@@ -85,13 +86,33 @@ def _append_compressed(f, info: hdr.HeaderInfo, source: FrameSource, idx: int, c
         raise FormatError(f"{name}: the file holds frames of {slices} slices; "
                           f"{source.shape[0]} slices do not make whole frames")
     fd = f.fileno()
-    chunks = codec.index_chunks(fd, info.data_offset, nz, os.fstat(fd).st_size,
-                                ny * nx * info.dtype.itemsize, name)
-    end = chunks[-1][0] + chunks[-1][1]
-    os.ftruncate(fd, end)  # drop bytes a previous, interrupted append may have left
+    index = _index_before_append(fd, info, source.shape[0], name)
+    end = index.end
     f.seek(end)
     level = info.clevel if info.clevel is not None else clevel
     appender = FrameAppender(f, info.dtype, info.mode, info.compressor, level, backend,
-                             with_rms, n_threads, name, total, end - info.data_offset)
+                             with_rms, n_threads, name, total, end - info.data_offset,
+                             index=index)
     appender.put_source(source)
-    return appender.packed
+    return appender.data_bytes
+
+
+def _index_before_append(fd: int, info: hdr.HeaderInfo, new_slices: int,
+                         name: str) -> frameindex.FrameIndex:
+    """The verified frame index of the file's chunks, parked where the append cannot reach.
+
+    A file without an index gets one now (its chunks are read once for their
+    CRC-32C). A copy of the index is written past the furthest byte the new
+    chunks can reach and the file cut there, so that until the append ends with
+    a new index, the file still ends with an index of its old frames.
+    """
+    nz, ny, nx = info.shape
+    frame_nbytes = ny * nx * info.dtype.itemsize
+    index = codec.chunk_table(fd, info.data_offset, nz, os.fstat(fd).st_size, frame_nbytes,
+                              name).frame_index(fd)
+    parked = index.end + new_slices * (frame_nbytes + codec.EXTENDED_HEADER_BYTES)
+    trailer = index.pack()
+    os.ftruncate(fd, parked)
+    os.pwrite(fd, trailer, parked)
+    os.fsync(fd)
+    return index

@@ -1200,7 +1200,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             try:
                 with readable_mrc(path) as plain:
-                    problems = validate_file(plain, check_data=not args.quick)
+                    problems = validate_file(plain, check_data=not args.quick,
+                                             deep=getattr(args, "deep", False))
             except OSError as err:
                 error = _message(err)
         ok = error is None and is_valid(problems)
@@ -1217,6 +1218,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     return EXIT_FAILED if invalid else EXIT_OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Add frame indexes to the MRCZ files of a folder; see mrcz.upgrade.index_folder."""
+    from .upgrade import FAILED, index_folder
+
+    results = index_folder(args.folder, recursive=args.recursive,
+                           backup_dir=args.backup_dir, dry_run=args.dry_run)
+    for result in results:
+        print(result.line())
+    return EXIT_FAILED if any(r.status == FAILED for r in results) else EXIT_OK
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -1462,10 +1474,32 @@ def add_validate_parser(sub: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to check")
     p.add_argument("--quick", action="store_true",
                    help="skip reading the data (no statistics check)")
+    p.add_argument("--deep", action="store_true",
+                   help="also decode every frame (`mrcz verify` does the same)")
     _add_walking(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list with one record (status, error, ...) per file")
     p.set_defaults(func=cmd_validate)
+
+
+def add_verify_parser(sub: Any) -> None:
+    p = sub.add_parser("verify", help="validate --deep: decode and check every frame and "
+                       "each file's checksums (exit 1 if any is invalid)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to check")
+    _add_walking(p)
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list with one record (status, error, ...) per file")
+    p.set_defaults(func=cmd_validate, deep=True, quick=False)
+
+
+def add_index_parser(sub: Any) -> None:
+    p = sub.add_parser("index", help="add a frame index (per-frame checksums) to the MRCZ "
+                       "files of a folder that have none, originals kept in a backup folder")
+    p.add_argument("folder", metavar="FOLDER", help="the folder of MRCZ files")
+    p.add_argument("-r", "--recursive", action="store_true", help="include subfolders")
+    p.add_argument("--backup-dir", help="where originals go (default FOLDER/backup)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list what would change")
+    p.set_defaults(func=cmd_index)
 
 
 def add_compress_parser(sub: Any) -> None:
@@ -1559,6 +1593,7 @@ def add_demo_parser(sub: Any) -> None:
 
 #: Every sub-command: its name and the function adding its parser.
 COMMANDS = [("info", add_info_parser), ("validate", add_validate_parser),
+            ("verify", add_verify_parser), ("index", add_index_parser),
             ("compress", add_compress_parser), ("decompress", add_decompress_parser),
             ("convert", add_convert_parser), ("upgrade", add_upgrade_parser),
             ("preview", add_preview_parser), ("demo", add_demo_parser)]

@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 import blosc
 import numpy as np
 
+from . import frameindex
 from .errors import CorruptDataError, UnsupportedError
 from .workers import CORES
 
@@ -336,14 +337,90 @@ def decompress_into(chunk: memoryview | bytes, out: np.ndarray, name: str,
 
 
 def read_chunk_into(fd: int, chunk: tuple[int, int], index: int, out: np.ndarray, name: str,
-                    nthreads: int = 1) -> None:
+                    nthreads: int = 1, crc: int | None = None) -> None:
     """Read chunk ``index`` (``(offset, cbytes)`` from :func:`index_chunks`) and decode it
-    into ``out``, through this thread's reusable buffer."""
+    into ``out``, through this thread's reusable buffer; with ``crc`` (from the frame
+    index) its compressed bytes are checked first."""
     offset, cbytes = chunk
     view = read_buffer(cbytes)
     if os.preadv(fd, [view], offset) != cbytes:
         raise CorruptDataError(f"{name}: chunk {index} is truncated")
+    if crc is not None:
+        check_chunk(view, crc, index, name)
     decompress_into(view, out, name, nthreads)
+
+
+def check_chunk(chunk: bytes | memoryview, crc: int, index: int, name: str) -> None:
+    """:class:`CorruptDataError` naming z-slice ``index`` unless ``chunk`` has CRC-32C ``crc``."""
+    actual = frameindex.checksum(chunk)
+    if actual != crc:
+        raise CorruptDataError(f"{name}: chunk {index} (z-slice {index}) is damaged: the "
+                               f"CRC-32C of its compressed bytes is {actual:08x}, the frame "
+                               f"index recorded {crc:08x}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTable:
+    """Where the chunks of a data block are, and their checksums when an index says.
+
+    ``chunks`` holds ``(offset, cbytes)`` from chunk 0 on; ``crcs`` the CRC-32C of
+    each (None: the file has no usable frame index, nothing to check against);
+    ``source`` is ``'index'`` or ``'walk'``, ``note`` says why the index was not
+    used (empty when it was, or when the file has none).
+    """
+
+    chunks: list[tuple[int, int]]
+    crcs: list[int] | None
+    source: str
+    note: str = ""
+
+    def frame_index(self, fd: int) -> frameindex.FrameIndex:
+        """The chunks as a frame index; without ``crcs`` the chunks are read for theirs."""
+        crcs = self.crcs
+        if crcs is None:
+            crcs = [frameindex.checksum(os.pread(fd, cbytes, offset))
+                    for offset, cbytes in self.chunks]
+        return frameindex.FrameIndex.of([(offset, cbytes, crc) for (offset, cbytes), crc
+                                         in zip(self.chunks, crcs)])
+
+
+def chunk_table(fd: int, start: int, count: int, size: int, frame_nbytes: int, name: str,
+                wanted: int | None = None, partial: bool = False,
+                verify: bool = True) -> ChunkTable:
+    """Locate the ``count`` chunks of a data block starting at byte ``start``.
+
+    The frame index at the end of the file is used when it is intact and lists
+    chunks laid end to end from ``start`` (one read, whatever ``count``);
+    otherwise the chunk headers are walked (:func:`index_chunks`, up to chunk
+    ``wanted``, default all). An index that is present but damaged raises
+    :class:`CorruptDataError` (with ``partial``: walked instead, and noted; without
+    ``verify``: walked instead).
+    """
+    wanted = count if wanted is None else wanted
+    note = ""
+    try:
+        index = frameindex.read_index(fd, size, name)
+    except CorruptDataError as err:
+        if verify and not partial:
+            raise
+        index, note = None, str(err) if verify else ""
+    if index is not None:
+        if index.covers(start, count, size - frameindex.trailer_bytes(len(index))):
+            return ChunkTable(index.chunks(0, count), index.crcs(0, count), "index")
+        note = (f"{name}: the frame index is stale (it lists {len(index)} chunks that do not "
+                f"match the {count} of the header); chunk headers walked instead")
+    chunks = index_chunks(fd, start, wanted, size, frame_nbytes, name, partial)
+    if index is None and len(chunks) == count and count:
+        end = chunks[-1][0] + chunks[-1][1]
+        found = frameindex.read_index_at(fd, end, count, name)
+        if found is not None and found.covers(start, count, end):
+            return ChunkTable(found.chunks(), found.crcs(), "index")
+        if size - end == frameindex.trailer_bytes(count) and verify and not note:
+            note = (f"{name}: the frame index after the last chunk is damaged (its end "
+                    "marker is wrong)")
+            if not partial:
+                raise CorruptDataError(note)
+    return ChunkTable(chunks, None, "walk", note)
 
 
 def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,
@@ -358,7 +435,7 @@ def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,
     offset = start
     for index in range(count):
         raw = os.pread(fd, EXTENDED_HEADER_BYTES, offset)
-        problem = _chunk_problem(raw, offset, end, frame_nbytes)
+        problem = chunk_problem(raw, offset, end, frame_nbytes)
         if problem:
             if partial:
                 return chunks
@@ -369,7 +446,7 @@ def index_chunks(fd: int, start: int, count: int, end: int, frame_nbytes: int,
     return chunks
 
 
-def _chunk_problem(raw: bytes, offset: int, end: int, frame_nbytes: int) -> str | None:
+def chunk_problem(raw: bytes, offset: int, end: int, frame_nbytes: int) -> str | None:
     """What is wrong with the chunk whose header is ``raw`` (None: nothing)."""
     if len(raw) < CHUNK_HEADER_BYTES:
         return "is missing: the data block ends first (truncated file)"

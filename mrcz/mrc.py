@@ -8,7 +8,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import carry, codec, header as hdr, meta as jsonmeta
+from . import carry, codec, frameindex, header as hdr, meta as jsonmeta
 from .atomic import atomic_output
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError, describe
 from .frames import WRITABLE_MODES, FrameSource, frame_source
@@ -195,8 +195,10 @@ def _resolve_slices(info: hdr.HeaderInfo, meta: dict, slices: int | None, name: 
 
 
 def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
-                      name: str, partial: bool = False) -> tuple[int, list[tuple[int, int]]]:
-    """``(fd, chunks)`` of z-slices ``first .. first+count-1``, checked against the file.
+                      name: str, partial: bool = False, verify: bool = True
+                      ) -> tuple[int, list[tuple[int, int]], list[int] | None]:
+    """``(fd, chunks, crcs)`` of z-slices ``first .. first+count-1``, checked against the
+    file (``crcs`` None: no frame index to verify against).
 
     Runs before the output is allocated, so a header that lies about the
     dimensions fails here instead of in a giant allocation.
@@ -208,9 +210,12 @@ def _index_compressed(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int,
                                "file, not from a stream") from None
     nz, ny, nx = info.shape
     frame_nbytes = ny * nx * info.dtype.itemsize
-    chunks = codec.index_chunks(fd, info.data_offset, first + count, os.fstat(fd).st_size,
-                                frame_nbytes, name, partial)[first:]
-    return fd, chunks
+    table = codec.chunk_table(fd, info.data_offset, nz, os.fstat(fd).st_size, frame_nbytes,
+                              name, first + count, partial, verify)
+    if table.note:
+        warnings.warn(table.note, stacklevel=3)
+    crcs = None if table.crcs is None else table.crcs[first:first + count]
+    return fd, table.chunks[first:first + count], crcs
 
 
 def _whole_frames(kept: int, wanted: int, slices: int, name: str) -> int:
@@ -236,30 +241,37 @@ def _salvageable_plain(f: BinaryIO, info: hdr.HeaderInfo, first: int, count: int
     return _whole_frames(min(count, whole), count, slices, name)
 
 
-def _salvage_compressed(fd: int, chunks: list, first: int, out: np.ndarray,
-                        n_threads: int, name: str) -> int:
-    """Decode ``chunks`` into ``out``; return how many decoded before the first bad one."""
+def _salvage_compressed(fd: int, chunks: list, crcs: list[int] | None, first: int,
+                        out: np.ndarray, n_threads: int, name: str) -> tuple[int, list[int]]:
+    """Decode ``chunks`` into ``out``; return how many decoded before the first bad one,
+    and the z-slices of every chunk that fails its checksum."""
+    damaged = [] if crcs is None else [
+        first + index for index, (chunk, crc) in enumerate(zip(chunks, crcs))
+        if frameindex.checksum(os.pread(fd, chunk[1], chunk[0])) != crc]
     if not chunks:
-        return 0
+        return 0, damaged
     try:
-        _read_compressed(fd, chunks, first, out, n_threads, name)
-        return len(chunks)
+        _read_compressed(fd, chunks, crcs, first, out, n_threads, name)
+        return len(chunks), damaged
     except CorruptDataError:
         for index, chunk in enumerate(chunks):
             try:
-                codec.read_chunk_into(fd, chunk, first + index, out[index], name)
+                codec.read_chunk_into(fd, chunk, first + index, out[index], name,
+                                      crc=None if crcs is None else crcs[index])
             except CorruptDataError:
-                return index
-    return len(chunks)
+                return index, damaged
+    return len(chunks), damaged
 
 
-def _read_compressed(fd: int, chunks: list[tuple[int, int]], first: int, out: np.ndarray,
-                     n_threads: int, name: str) -> None:
-    """Decompress the indexed ``chunks`` into ``out`` (count, ny, nx)."""
+def _read_compressed(fd: int, chunks: list[tuple[int, int]], crcs: list[int] | None,
+                     first: int, out: np.ndarray, n_threads: int, name: str) -> None:
+    """Decompress the indexed ``chunks`` into ``out`` (count, ny, nx), each checked against
+    its CRC-32C in ``crcs`` first (None: unchecked)."""
     count = len(chunks)
 
     def decompress(index: int) -> None:
-        codec.read_chunk_into(fd, chunks[index], first + index, out[index], name, blosc_threads)
+        codec.read_chunk_into(fd, chunks[index], first + index, out[index], name, blosc_threads,
+                              None if crcs is None else crcs[index])
 
     frames_at_once, blosc_threads = codec.read_plan(chunks, n_threads)
     for _ in ordered_map(decompress, range(count), frames_at_once):
@@ -340,7 +352,8 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             endian: str = "le", pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
             useMemmap: bool = False, n_threads: int | None = None,
             slices: int | None = None, *, permissive: bool = False,
-            out: np.ndarray | None = None) -> tuple[np.ndarray | list[np.ndarray], dict]:
+            out: np.ndarray | None = None,
+            verify: bool = True) -> tuple[np.ndarray | list[np.ndarray], dict]:
     r"""Read an MRC or MRCZ file.
 
     Parameters
@@ -358,11 +371,17 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         by default what the file records.
     permissive : salvage what a damaged file still holds, with a warning: the
         complete frames of a truncated or partly corrupt movie, data despite
-        undecodable JSON metadata. ``header['dimensions']`` gives what was read.
+        undecodable JSON metadata. ``header['dimensions']`` gives what was read;
+        ``header['damagedSlices']`` lists the z-slices whose chunks fail their
+        checksum.
     out : a C-contiguous array of the returned dtype holding exactly the slices
         asked for (``(count, ny, nx)``, or ``(ny, nx)`` for one); filled and used as
         the image's memory, so a loop over files reuses one buffer. Compressed
         frames are decoded straight into it.
+    verify : check every compressed chunk read against the CRC-32C in the file's
+        frame index (a mismatch raises :class:`CorruptDataError` naming the file
+        and the z-slice). ``False`` skips the check; files without an index
+        (written by other programs or older versions) cannot be checked.
 
     Returns
     -------
@@ -387,7 +406,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             count = _salvageable_plain(f, info, first, count, slices, name)
         elif info.compressor is None:
             _check_plain_size(f, info, name)
-        chunk_version = None
+        chunk_version, damaged = None, []
         if useMemmap and info.compressor is None and info.mode != hdr.MODE_UINT4:
             data = np.memmap(MRCfilename, dtype=info.dtype, mode="c",
                              offset=info.data_offset + first * ny * nx * info.dtype.itemsize,
@@ -395,14 +414,17 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         elif info.compressor is not None:
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
-            fd, chunks = _index_compressed(f, info, first, count, name, permissive)
+            fd, chunks, crcs = _index_compressed(f, info, first, count, name, permissive,
+                                                 verify)
+            crcs = crcs if verify else None
             data = _decode_target(out, (len(chunks), ny, nx), info, name)
             if permissive:
-                kept = _salvage_compressed(fd, chunks, first, data, n_threads, name)
+                kept, damaged = _salvage_compressed(fd, chunks, crcs, first, data, n_threads,
+                                                    name)
                 count = _whole_frames(kept, count, slices, name)
                 data = data[:count]
             else:
-                _read_compressed(fd, chunks, first, data, n_threads, name)
+                _read_compressed(fd, chunks, crcs, first, data, n_threads, name)
             chunk_version = _first_chunk_version(f, info)
         elif info.mode == hdr.MODE_UINT4:
             packed = _allocate((count, ny, (nx + 1) // 2), np.dtype(np.uint8), name)
@@ -418,6 +440,8 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         target[...] = data.reshape(target.shape)
         data = target
     header = header_dict(info, meta, pixelunits, convention, chunk_version)
+    if damaged:
+        header.extra["damagedSlices"] = damaged
     if selected or count != nz:
         header["dimensions"][0] = count
     return _arrange(data, info, slices, selected is None), header
@@ -772,7 +796,7 @@ def _write_compressed(f: BinaryIO, source: FrameSource, stored: np.dtype, compre
     appender = FrameAppender(f, stored, 0, compressor, clevel, backend, with_rms, n_threads,
                              name, shuffle=shuffle)
     appender.put_source(source)
-    return appender.stats, appender.packed
+    return appender.stats, appender.data_bytes
 
 
 # snake_case aliases

@@ -20,12 +20,13 @@ import functools
 import io
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import codec, header as hdr, mrc
+from . import codec, frameindex, header as hdr, mrc
 from .atomic import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
@@ -56,9 +57,15 @@ class FrameAppender:
 
     def __init__(self, f: BinaryIO, stored: np.dtype, mode: int, compressor: str | None,
                  clevel: int, backend: str | None, with_rms: bool | None, n_threads: int, name: str,
-                 stats: Stats | None = None, packed: int = 0, shuffle: str | None = "bit") -> None:
+                 stats: Stats | None = None, packed: int = 0, shuffle: str | None = "bit",
+                 index: frameindex.FrameIndex | None = None) -> None:
         codec.check_shuffle(shuffle)
         self._f = f
+        # Compressed: the chunks go into a frame index written by finish() (``index``:
+        # the chunks already in the file, for an append).
+        self._chunks = [] if index is None else index.entries.tolist()
+        self._data_offset = f.tell() - packed if compressor else None
+        self._index_bytes = 0
         self._encode_args = stored, mode, compressor, clevel, backend, with_rms, name
         self._shuffle = shuffle
         self.stats = Stats() if stats is None else stats
@@ -148,8 +155,20 @@ class FrameAppender:
             raise
 
     def finish(self) -> None:
+        """Write out every queued slice (compressed: then the frame index, ending the file)."""
         self._flush_batch()
         self._pipeline.finish()
+        if self._data_offset is not None:
+            trailer = frameindex.FrameIndex.of(self._chunks).pack()
+            self._f.seek(self._data_offset + self.packed)
+            self._f.write(trailer)
+            self._f.truncate()
+            self._index_bytes = len(trailer)
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the data block once finished: the slices and, compressed, the index."""
+        return self.packed + self._index_bytes
 
     def cancel(self) -> None:
         self._batch, self._batch_bytes = [], 0
@@ -191,7 +210,13 @@ class FrameAppender:
             self.stats.add(frame_stats)
 
     def _write(self, encoded: list[Any]) -> None:
-        """The one place where finished slices reach the file, in frame order."""
+        """The one place where finished slices reach the file, in frame order; each
+        compressed one is entered in the frame index."""
+        if self._data_offset is not None:
+            offset = self._data_offset + self.packed
+            for data in encoded:
+                self._chunks.append((offset, len(data), frameindex.checksum(data)))
+                offset += len(data)
         if len(encoded) > 1:  # a batch of small chunks: one write call
             self._f.write(b"".join(encoded))
         else:
@@ -318,7 +343,7 @@ class MRCZWriter:
                              False)
         rec = self._plan.header(source)
         if self._plan.compressor:
-            rec["packed_bytes"] = self._appender.packed
+            rec["packed_bytes"] = self._appender.data_bytes
         _set_stats(rec, self._appender.stats)
         return rec
 
@@ -366,12 +391,16 @@ class MRCZReader:
     ``reader[a:b]`` (any slice or list of indices) a 3-D array; iterating yields
     slices in order, decompressing a few ahead on the shared pool. Only the
     slices asked for are read. ``header`` is the dict readMRC returns. Plain files
-    inside gzip, bzip2 or zstd can be read forward only.
+    inside gzip, bzip2 or zstd can be read forward only. With ``verify`` (the
+    default) every compressed slice read is checked against the CRC-32C of the
+    file's frame index; a file with an index finds any slice in one read.
     """
 
     def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
-                 pixelunits: str = ANGSTROM, fileConvention: str = "ccpem") -> None:
+                 pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
+                 verify: bool = True) -> None:
         self.name = describe(path)
+        self._verify = verify
         self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
         self._f = open_for_read(path)
         try:
@@ -394,9 +423,12 @@ class MRCZReader:
             if self._fd is None:
                 raise UnsupportedError(f"{self.name}: compressed MRCZ can only be read from a "
                                        "regular file")
-            self._chunks = codec.index_chunks(self._fd, info.data_offset, nz,
-                                              os.fstat(self._fd).st_size,
-                                              ny * nx * info.dtype.itemsize, self.name)
+            table = codec.chunk_table(self._fd, info.data_offset, nz, os.fstat(self._fd).st_size,
+                                      ny * nx * info.dtype.itemsize, self.name,
+                                      verify=self._verify)
+            self._chunks, self._crcs = table.chunks, table.crcs if self._verify else None
+            if table.note:
+                warnings.warn(table.note, stacklevel=3)
             version = os.pread(self._fd, 1, info.data_offset)[0]
         else:
             _check_plain_size(self._f, info, self.name)
@@ -448,7 +480,8 @@ class MRCZReader:
                   and info.mode != hdr.MODE_UINT4)
         raw = out if direct else np.empty(self._raw_shape(), dtype=info.dtype)
         if info.compressor is not None:
-            codec.read_chunk_into(self._fd, self._chunks[k], k, raw, self.name, blosc_threads)
+            codec.read_chunk_into(self._fd, self._chunks[k], k, raw, self.name, blosc_threads,
+                                  None if self._crcs is None else self._crcs[k])
         else:
             self._read_plain(k, raw)
         if not direct:
@@ -488,7 +521,8 @@ class MRCZReader:
         self.close()
 
 
-def iter_frames(path: str | os.PathLike, n_threads: int | None = None) -> Iterator[np.ndarray]:
+def iter_frames(path: str | os.PathLike, n_threads: int | None = None,
+                verify: bool = True) -> Iterator[np.ndarray]:
     """Yield the z-slices of a plain or compressed file one by one."""
-    with MRCZReader(path, n_threads) as reader:
+    with MRCZReader(path, n_threads, verify=verify) as reader:
         yield from reader

@@ -35,10 +35,11 @@ from typing import Any
 import blosc
 import numpy as np
 
-from . import codec, header as hdr
+from . import codec, frameindex, header as hdr
 from .errors import MRCZError
 from .mrc import ANGSTROM, read_header_and_meta, readMRC, writeMRC
 from .progress import Progress
+from .stream import iter_frames
 
 try:
     import fcntl
@@ -498,3 +499,65 @@ def upgrade_folder(folder: str | os.PathLike, recursive: bool = False,
                 bar.write(line)
             bar.update(item=path.name)
     return summary
+
+
+# ----------------------------------------------------------------------------- frame index
+
+INDEXED, WOULD_INDEX = "indexed", "would index"
+
+
+def index_file(path: str | os.PathLike, backup: str | os.PathLike,
+               dry_run: bool = False) -> FileResult:
+    """Add a frame index to a compressed file that has none, keeping its original at
+    ``backup``; its chunks are not rewritten.
+
+    Every chunk is decoded first (a chunk that cannot be is not certified by a
+    checksum: the file fails). The trailer is then written after the last chunk
+    and flushed to disk; until that write completes, readers see the file as
+    before (a cut-off trailer is ignored and a second run completes it).
+    Returns a :class:`FileResult`; errors are reported in it, never raised.
+    """
+    path, backup = Path(path), Path(backup)
+    try:
+        if needs_upgrade(path):
+            return FileResult(path, FAILED, "old MRCZ layout: run `mrcz upgrade` first, "
+                              "which writes the index too")
+        with open(path, "rb") as f:
+            info, _ = read_header_and_meta(f, os.fspath(path))
+            if info.compressor is None:
+                return FileResult(path, CURRENT, "plain MRC: no index needed")
+            nz, ny, nx = info.shape
+            fd = f.fileno()
+            table = codec.chunk_table(fd, info.data_offset, nz, os.fstat(fd).st_size,
+                                      ny * nx * info.dtype.itemsize, os.fspath(path))
+            if table.source == "index":
+                return FileResult(path, CURRENT, "already indexed")
+        if dry_run:
+            return FileResult(path, WOULD_INDEX, f"{nz} chunks")
+        for _ in iter_frames(path, verify=False):
+            pass
+        ensure_backup(path, backup)
+        with open(path, "r+b") as f:
+            fd = f.fileno()
+            index = table.frame_index(fd)
+            os.pwrite(fd, index.pack(), index.end)
+            os.ftruncate(fd, index.end + frameindex.trailer_bytes(len(index)))
+            os.fsync(fd)
+        return FileResult(path, INDEXED, f"{nz} chunks")
+    except (OSError, MRCZError, ValueError, TypeError, RuntimeError) as err:
+        return FileResult(path, FAILED, str(err) or type(err).__name__)
+
+
+def index_folder(folder: str | os.PathLike, recursive: bool = False,
+                 backup_dir: str | os.PathLike | None = None,
+                 dry_run: bool = False) -> list[FileResult]:
+    """Add a frame index to every compressed file in ``folder`` that has none
+    (originals copied to ``backup_dir``, default ``folder/backup``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", os.fspath(folder))
+    backup_root = Path(backup_dir) if backup_dir is not None else folder / "backup"
+    lock = contextlib.nullcontext() if dry_run else _folder_lock(folder)
+    with lock:
+        return [index_file(path, backup_root / path.relative_to(folder), dry_run)
+                for path in find_files(folder, recursive, exclude=backup_root)]

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from . import codec, header as hdr, meta as jsonmeta
+from . import codec, frameindex, header as hdr, meta as jsonmeta
 from .errors import MRCZError
 from .mrc import open_for_read, readMRC
 from .stats import Stats
+from .stream import iter_frames
 
 ERROR, WARNING = "error", "warning"
 #: Extended header types MRC2014 defines, plus MRCZ's JSON.
@@ -25,6 +26,8 @@ KNOWN_EXTTYP = {b"CCP4", b"MRCO", b"SERI", b"AGAR", b"FEI1", b"FEI2", b"HDF5", b
 MACHINE_STAMPS = {(0x44, 0x44), (0x44, 0x41), (0x11, 0x11)}
 #: Relative tolerance of the header mean and RMS against the data.
 STATS_RTOL = 1e-3
+#: Bytes decompressed at a time when a whole-file stream is read to its end.
+STREAM_READ_BYTES = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,17 @@ def is_valid(problems: list[Problem]) -> bool:
     return not any(p.severity == ERROR for p in problems)
 
 
-def validate_file(path: str | os.PathLike, check_data: bool = True) -> list[Problem]:
+def validate_file(path: str | os.PathLike, check_data: bool = True,
+                  deep: bool = False) -> list[Problem]:
     """Check one MRC/MRCZ file; returns the problems found (empty: valid).
 
     Parameters
     ----------
     path : the file (plain, MRCZ, or whole-file compressed if readMRC reads it).
-    check_data : also read the data and compare the header statistics with it.
+    check_data : also read the data: every compressed chunk against its CRC-32C
+        in the frame index, a whole-file gzip/bzip2/zstd stream to its end (its
+        own CRC and length), and the header statistics against the data.
+    deep : also decode every z-slice, even where the statistics are not known.
     """
     name = os.fspath(path)
     try:
@@ -61,12 +68,16 @@ def validate_file(path: str | os.PathLike, check_data: bool = True) -> list[Prob
                 return problems
             layout = _check_meta(f, info, name)
             if size is not None:
-                layout += (_check_chunks(f, info, size, name) if info.compressor
+                layout += (_check_chunks(f, info, size, name, check_data) if info.compressor
                            else _check_plain_size(info, size))
     except MRCZError as err:
         return [Problem(ERROR, str(err))]
+    if (check_data or deep) and size is None and is_valid(layout):
+        layout += _check_stream(path, info)
     problems += layout
-    if check_data and is_valid(layout):  # the data can only be read if its layout is sound
+    if (check_data or deep) and is_valid(layout):  # the data can be read if its layout is sound
+        if deep and size is not None:
+            problems += _check_frames(path)
         problems += _check_statistics(path, info, seekable=size is not None)
     return problems
 
@@ -153,26 +164,122 @@ def _check_plain_size(info: hdr.HeaderInfo, size: int) -> list[Problem]:
     return []
 
 
-def _check_chunks(f: Any, info: hdr.HeaderInfo, size: int, name: str) -> list[Problem]:
-    """Every chunk header consistent with the dimensions; sizes add up."""
+def _check_chunks(f: Any, info: hdr.HeaderInfo, size: int, name: str,
+                  check_data: bool = True) -> list[Problem]:
+    """Every chunk header consistent with the dimensions; sizes add up; the frame index
+    matches the chunks and (``check_data``) every chunk its CRC-32C."""
     nz, ny, nx = info.shape
+    fd = f.fileno()
     try:
-        chunks = codec.index_chunks(f.fileno(), info.data_offset, nz, size,
-                                    ny * nx * info.dtype.itemsize, name)
+        index = frameindex.read_index(fd, size, name)
     except MRCZError as err:
-        return [Problem(ERROR, str(err))]
+        index, problems = None, [Problem(ERROR, str(err))]
+    else:
+        problems = []
+    start = size if index is None else size - frameindex.trailer_bytes(len(index))
+    if index is not None and index.covers(info.data_offset, nz, start):
+        chunks = index.chunks(0, nz)
+        problems += _check_indexed(fd, chunks, index.crcs(0, nz), start, ny * nx *
+                                   info.dtype.itemsize, name, check_data)
+    else:
+        try:
+            chunks = codec.index_chunks(fd, info.data_offset, nz, size,
+                                        ny * nx * info.dtype.itemsize, name)
+        except MRCZError as err:
+            return problems + [Problem(ERROR, str(err))]
+        if index is not None:
+            problems.append(Problem(ERROR, f"the frame index ({len(index)} chunks) does not "
+                                           f"match the {nz} chunks of the data block (stale "
+                                           "index)"))
+        elif not problems:
+            problems += _check_no_index(size, chunks[-1][0] + chunks[-1][1], nz)
     packed = sum(cbytes for _, cbytes in chunks)
-    problems = []
     recorded = int(info.record["packed_bytes"])
-    if recorded and recorded != packed:
+    indexed = packed + (0 if index is None else frameindex.trailer_bytes(len(index)))
+    if recorded and recorded not in (packed, indexed):
         problems.append(Problem(ERROR, f"header records {recorded} compressed bytes but the "
-                                       f"{nz} chunks hold {packed}"))
+                                       f"{nz} chunks hold {packed}"
+                                       + ("" if index is None else
+                                          f" ({indexed} with the frame index)")))
     elif not recorded:
         problems.append(Problem(WARNING, "compressed size (packedBytes) not recorded"))
-    end = info.data_offset + packed
-    if end != size:
-        problems.append(Problem(ERROR, f"{size - end} bytes follow the last chunk"))
+    if index is not None and len(index) != nz and not problems:
+        problems.append(Problem(ERROR, f"the frame index lists {len(index)} chunks, the header "
+                                       f"{nz} (an interrupted append?)"))
+    elif index is not None and start != info.data_offset + packed and not problems:
+        problems.append(Problem(ERROR, f"{start - info.data_offset - packed} bytes lie "
+                                       "between the last chunk and the frame index (an "
+                                       "interrupted append?)"))
     return problems
+
+
+def _check_indexed(fd: int, chunks: list[tuple[int, int]], crcs: list[int], end: int,
+                   frame_nbytes: int, name: str, check_data: bool) -> list[Problem]:
+    """Each indexed chunk: its header agrees with the index, its bytes with their CRC."""
+    problems = []
+    for k, ((offset, cbytes), crc) in enumerate(zip(chunks, crcs)):
+        head = os.pread(fd, codec.EXTENDED_HEADER_BYTES, offset)
+        problem = codec.chunk_problem(head, offset, end, frame_nbytes)
+        if problem is None and codec.ChunkHeader.parse(head).cbytes != cbytes:
+            problem = f"says it holds {codec.ChunkHeader.parse(head).cbytes} bytes, the " \
+                      f"frame index {cbytes}"
+        if problem:
+            problems.append(Problem(ERROR, f"{name}: chunk {k} (z-slice {k}) {problem}"))
+        if check_data:
+            try:
+                codec.check_chunk(os.pread(fd, cbytes, offset), crc, k, name)
+            except MRCZError as err:
+                problems.append(Problem(ERROR, str(err)))
+    return problems
+
+
+def _check_no_index(size: int, end: int, nz: int) -> list[Problem]:
+    """Findings for a data block that no frame index ends."""
+    extra = size - end
+    if not extra:
+        return [Problem(WARNING, "no frame index (written by another program or an older "
+                                 "version): the chunks' checksums cannot be checked; "
+                                 "`mrcz index FOLDER` adds one")]
+    if extra < frameindex.trailer_bytes(nz):
+        return [Problem(ERROR, f"the {extra} bytes after the last chunk are a cut-off frame "
+                               "index (truncated file)")]
+    if extra == frameindex.trailer_bytes(nz):
+        return [Problem(ERROR, "the frame index after the last chunk is damaged (its end "
+                               "marker is wrong)")]
+    return [Problem(ERROR, f"{extra} bytes follow the last chunk")]
+
+
+def _check_stream(path: Any, info: hdr.HeaderInfo) -> list[Problem]:
+    """Decompress a whole-file gzip/bzip2/zstd stream to its end (where the codec checks
+    its CRC or checksum); its content must be as long as the header describes."""
+    need = info.data_offset + hdr.stored_nbytes(info)
+    total, buffer = 0, memoryview(bytearray(STREAM_READ_BYTES))
+    try:
+        with open_for_read(path) as f:
+            while True:
+                n = f.readinto(buffer)
+                if not n:
+                    break
+                total += n
+    except MRCZError as err:
+        return [Problem(ERROR, str(err))]
+    if total < need:
+        return [Problem(ERROR, f"the stream holds {total} bytes but the header describes "
+                               f"{need} (truncated)")]
+    if total > need:
+        return [Problem(ERROR, f"the stream holds {total} bytes, {total - need} more than "
+                               "the header describes")]
+    return []
+
+
+def _check_frames(path: Any) -> list[Problem]:
+    """Decode every z-slice (checked against the frame index where there is one)."""
+    try:
+        for _ in iter_frames(path):
+            pass
+    except MRCZError as err:
+        return [Problem(ERROR, f"data cannot be read: {err}")]
+    return []
 
 
 def _check_statistics(path: Any, info: hdr.HeaderInfo, seekable: bool = True
@@ -216,12 +323,7 @@ def _slices(path: Any, seekable: bool) -> Iterator[np.ndarray]:
     """The z-slices of a file: streamed from a regular file, else read whole (a
     whole-file compressed stream only reads forwards)."""
     if seekable:
-        try:
-            from .stream import iter_frames
-        except ImportError:
-            pass
-        else:
-            return iter_frames(path)
+        return iter_frames(path)
     image, _ = readMRC(path)
     data = np.stack(image) if isinstance(image, list) else np.asarray(image)
     return iter(data.reshape(-1, *data.shape[-2:]))

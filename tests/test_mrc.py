@@ -139,7 +139,8 @@ def test_compressed_header_records_packed_size_and_slices(tmp_path, rng):
     raw = path.read_bytes()
     assert struct.unpack("<i", raw[12:16])[0] == 6000
     assert struct.unpack("<i", raw[36:40])[0] == 1
-    assert struct.unpack("<q", raw[144:152])[0] == len(raw) - 1024
+    assert raw[-8:] == b"MRCZIDX1"
+    assert struct.unpack("<q", raw[144:152])[0] == len(raw) - 1024  # chunks and index
     assert raw[1024] == 2  # blosc 1.x chunk format
 
 

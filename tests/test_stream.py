@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mrcz
+from mrcz import frameindex
 from mrcz.errors import CorruptDataError
 from mrcz.stream import MRCZReader, MRCZWriter, iter_frames
 
@@ -177,10 +178,18 @@ def corrupt_second_chunk(path: Path) -> None:
 
 def test_corrupted_chunk_header_raises(tmp_path, rng):
     path = tmp_path / "m.mrcz"
-    mrcz.writeMRC(counted(rng, "int8"), path, compressor="zstd")
+    frames = counted(rng, "int8")
+    mrcz.writeMRC(frames, path, compressor="zstd")
     corrupt_second_chunk(path)
-    with pytest.raises(CorruptDataError):
+    with pytest.raises(CorruptDataError, match="chunk 1 "):
         mrcz.readMRC(path)
+    # The frame index finds chunk 3 without walking past chunk 1, and checks it.
+    np.testing.assert_array_equal(mrcz.readMRC(path, idx=3)[0], frames[3])
+    with pytest.raises(CorruptDataError, match="chunk 1 "):
+        MRCZReader(path)[1]
+    # Without the index the chunk headers are walked, and the walk stops at chunk 1.
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-frameindex.trailer_bytes(len(frames))])
     with pytest.raises(CorruptDataError):
         mrcz.readMRC(path, idx=3)
     with pytest.raises(CorruptDataError):
