@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import header as hdr, wholefile
+from . import fileops, header as hdr, wholefile
 from .errors import MRCZError
 from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
                   writeMRC)
@@ -856,6 +856,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dir", help="write the files here and keep them")
     p.add_argument("--keep", action="store_true", help="keep the files")
     p.set_defaults(func=cmd_demo)
+
+    def cmd_clean(args: argparse.Namespace) -> int:
+        """Remove (or with -n list) the temporary files of dead mrcz writers in FOLDER."""
+        for path in fileops.clean_folder(args.folder, dry_run=args.dry_run):
+            print(path)
+        return 0
+
+    p = sub.add_parser("clean", help="remove temporary files that killed mrcz writers left "
+                       "in FOLDER (those of running writers stay)")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
+    p.set_defaults(func=cmd_clean)
     return parser
 
 

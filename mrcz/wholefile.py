@@ -39,7 +39,7 @@ import zstandard
 
 from . import header as hdr
 from . import mrc as _mrc
-from .atomic import atomic_output
+from .fileops import atomic_output
 from .errors import CorruptDataError, UnsupportedError, describe
 from .frames import FrameSource, frame_source
 from .stats import Stats
@@ -52,6 +52,8 @@ LEVELS = {"gzip": range(0, 10), "bzip2": range(1, 10), "zstd": range(1, 23)}
 #: Smallest piece of data compressed independently (gzip and bzip2).
 PIECE_BYTES = 8 * 2**20
 _SKIP_BUFFER = 2**20
+#: Decompressed bytes allowed after the data block of a whole-file stream.
+MAX_TRAILING_BYTES = 16 * 2**20
 _ZSTD_READ_BYTES = 2**20
 _READ_CAP = 4 * 2**20  # largest read asked of the gzip and bzip2 readers at once
 _PROBE_BYTES = 4 * 2**20  # more than one bzip2 block (900 kB), whose CRC comes at its end
@@ -217,12 +219,16 @@ class StreamReader(io.RawIOBase):
     def _verify_end(self) -> None:
         """Read on to the end of the stream, where the codec checks its CRC or checksum.
 
-        Bytes after the data block are allowed (as in plain files) but still decoded,
-        so that the check covers them too.
+        Up to :data:`MAX_TRAILING_BYTES` after the data block are allowed (as in
+        plain files) and decoded, so that the check covers them too; more are refused.
         """
         scratch = memoryview(bytearray(_SKIP_BUFFER))
         while self.readinto(scratch):
-            pass
+            if self._pos - self._end > MAX_TRAILING_BYTES:
+                raise CorruptDataError(
+                    f"{self.name}: more than {MAX_TRAILING_BYTES} bytes follow the data "
+                    f"block inside the {self.codec} stream; refused (its checksum, at "
+                    "the end, cannot be checked in bounded time)")
 
     def close(self) -> None:
         if not self.closed:
@@ -446,7 +452,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
           pixelunits: str = _mrc.ANGSTROM, voltage: float = 0.0, C3: float = 0.0,
           gain: float = 1.0, compressor: str | None = None, clevel: int = 1,
           n_threads: int | None = None, quickStats: bool = True, idx: int | None = None,
-          backend: str | None = None) -> None:
+          backend: str | None = None, durable: bool = True) -> None:
     """``writeMRC`` for names ending ``.gz``, ``.bz2`` or ``.zst``: a compressed plain MRC.
 
     ``clevel`` is the codec's own level (gzip 0-9, bzip2 1-9, zstd 1-22). MRCZ
@@ -472,7 +478,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
     _mrc._set_stats(rec, _gather_stats(source, _mrc.stats_wanted(quickStats, None), n_threads))
     prefix = rec.tobytes() + meta_bytes
     slices = _stored_bytes(source, stored, mode, name)
-    with atomic_output(MRCfilename) as f:
+    with atomic_output(MRCfilename, durable=durable) as f:
         if codec == "zstd":
             total = len(prefix) + _data_nbytes(source, stored, mode)
             _write_zstd(f, level, prefix, slices, total, n_threads)
