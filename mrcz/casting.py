@@ -28,8 +28,6 @@ def _offending(data: np.ndarray, target: np.dtype, uint4: bool) -> str | None:
     """What in ``data`` would change when stored as ``target`` (None: nothing)."""
     if data.size == 0:
         return None
-    if data.dtype.kind == "c" and target.kind != "c":
-        return "complex values"
     if target.kind == "c":
         parts = [data.real, data.imag] if data.dtype.kind == "c" else [data]
         target = np.dtype(np.finfo(target).dtype)  # the dtype of each part
@@ -72,8 +70,8 @@ def check_values(data: np.ndarray, target: np.dtype, casting: str, name: str,
 
     Raises
     ------
-    TypeError where numpy's rule forbids the cast; ValueError where
-    ``'same_value'`` finds a value that would change (both name the file, the
+    TypeError where numpy's rule forbids the cast, or for complex data in a
+    real file; ValueError where ``'same_value'`` finds a value that would change (both name the file, the
     dtypes and the offending values).
     """
     source = np.dtype(data.dtype)
@@ -86,6 +84,10 @@ def check_values(data: np.ndarray, target: np.dtype, casting: str, name: str,
         return
     if np.can_cast(source, target, "safe") and not uint4:
         return
+    if source.kind == "c" and target.kind != "c":
+        raise TypeError(f"{name}: cannot store complex {source.name} data in this "
+                        f"{target.newbyteorder('=').name} file (the imaginary parts would "
+                        f"be lost); pass casting='unsafe' to drop them")
     problem = _offending(np.asarray(data), target, uint4)
     if problem is not None:
         kind = "uint4" if uint4 else target.newbyteorder("=").name

@@ -644,7 +644,14 @@ def awrite_mrc(*args: Any, copy: bool = False, **kwargs: Any) -> Coroutine[Any, 
 
 async def _write_when_room(args: tuple, kwargs: dict, copy: bool, nbytes: int,
                            token: object) -> None:
-    await _LIMITER.acquire_async(nbytes)
+    try:
+        await _LIMITER.acquire_async(nbytes)
+    except asyncio.CancelledError:
+        raise  # withdrawn: listed at exit
+    except BaseException:
+        with _WITHDRAWN_LOCK:  # e.g. AsyncQueueFull: the caller has seen it
+            del _WITHDRAWN[token]
+        raise
     with _WITHDRAWN_LOCK:
         del _WITHDRAWN[token]
     return await _await_job(_submit_write(args, kwargs, copy, nbytes))

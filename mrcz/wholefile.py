@@ -110,6 +110,22 @@ class StreamReader(io.RawIOBase):
         else:
             self._stream = zstandard.ZstdDecompressor().stream_reader(
                 raw, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False)
+        self._limit: int | None = None
+        self._limit = _stream_limit(self.peek_header(), name)
+
+    def _check_limit(self, view: memoryview) -> memoryview:
+        """``view`` cut to what may still be decompressed; refuse a stream that holds more."""
+        if self._limit is None or not len(view):
+            return view
+        room = self._limit - self._pos
+        if room > 0:
+            return view[:room]
+        if self._decompress_into(memoryview(bytearray(1))):
+            raise CorruptDataError(
+                f"{self.name}: the {self.codec} stream holds more than the {self._limit} "
+                f"bytes its MRC header accounts for (data block and up to "
+                f"{MAX_TRAILING_BYTES} bytes after it); refused")
+        return view[:0]
 
     def readable(self) -> bool:
         return True
@@ -131,7 +147,7 @@ class StreamReader(io.RawIOBase):
             view[:n] = self._pending[:n]
             self._pending = self._pending[n:]
         else:
-            n = self._decompress_into(view)
+            n = self._decompress_into(self._check_limit(view))
         self._pos += n
         return n
 
@@ -224,11 +240,7 @@ class StreamReader(io.RawIOBase):
         """
         scratch = memoryview(bytearray(_SKIP_BUFFER))
         while self.readinto(scratch):
-            if self._pos - self._end > MAX_TRAILING_BYTES:
-                raise CorruptDataError(
-                    f"{self.name}: more than {MAX_TRAILING_BYTES} bytes follow the data "
-                    f"block inside the {self.codec} stream; refused (its checksum, at "
-                    "the end, cannot be checked in bounded time)")
+            pass
 
     def close(self) -> None:
         if not self.closed:
@@ -238,6 +250,18 @@ class StreamReader(io.RawIOBase):
             finally:
                 self._raw.close()
         super().close()
+
+
+def _stream_limit(head: bytes, name: str) -> int:
+    """Most bytes a stream starting with ``head`` may decompress to: the MRC file its
+    header describes plus :data:`MAX_TRAILING_BYTES`; a stream without a valid MRC
+    header gets enough to show what it is (:data:`_PROBE_BYTES`)."""
+    try:
+        info = hdr.parse_header(head, name)
+        size = info.data_offset + hdr.stored_nbytes(info)
+    except (ValueError, TypeError, OverflowError):
+        return hdr.HEADER_BYTES + _PROBE_BYTES
+    return size + MAX_TRAILING_BYTES
 
 
 def _zstd_complete(raw: BinaryIO) -> bool:
