@@ -12,7 +12,7 @@ import numpy as np
 from . import codec, header as hdr
 from .casting import check_values
 from .errors import FormatError, UnsupportedError
-from .fileops import open_for_update
+from .fileops import named_error, open_for_update
 from .frames import FrameSource
 from .mrc import _set_stats, read_header_and_meta
 from .stats import Stats
@@ -48,6 +48,15 @@ def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int
     update; values the file's dtype cannot keep are refused by ``casting``
     (:func:`~mrcz.casting.check_values`) before anything is written.
     """
+    try:
+        _update(source, path, idx, clevel, backend, n_threads, with_rms, name, casting)
+    except OSError as err:  # e.g. a full disk: name the file, keep the errno
+        raise named_error(err, name) from None
+
+
+def _update(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
+            backend: str | None, n_threads: int, with_rms: bool, name: str,
+            casting: str) -> None:
     with open_for_update(path) as f:
         info, _ = read_header_and_meta(f, name)
         _check_source_values(source, info, casting, name)
