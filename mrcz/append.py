@@ -10,7 +10,9 @@ import os
 import numpy as np
 
 from . import codec, frameindex, header as hdr
+from .casting import check_values
 from .errors import FormatError, UnsupportedError
+from .fileops import named_error, open_for_update
 from .frames import FrameSource
 from .mrc import _set_stats, read_header_and_meta
 from .stats import Stats
@@ -28,11 +30,36 @@ def _old_stats(info: hdr.HeaderInfo) -> Stats:
     return Stats(count, dmin, dmax, dmean, rms * rms * count if rms >= 0 else None)
 
 
+def _check_source_values(source: FrameSource, info: hdr.HeaderInfo, casting: str,
+                         name: str) -> None:
+    """Refuse, before any byte is written, data the file's dtype would change."""
+    uint4 = info.mode == hdr.MODE_UINT4
+    target = np.dtype(np.uint8) if info.widened_uint8 else info.dtype
+    for z in range(source.shape[0]):
+        check_values(source.get(z), target, casting, name, uint4)
+
+
 def write_at(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
-             backend: str | None, n_threads: int, with_rms: bool, name: str) -> None:
-    """Write ``source`` at z-slice ``idx`` of the existing file ``path``."""
-    with open(path, "r+b") as f:
+             backend: str | None, n_threads: int, with_rms: bool, name: str,
+             casting: str = "same_value") -> None:
+    """Write ``source`` at z-slice ``idx`` of the existing file ``path``.
+
+    The file is locked (:func:`~mrcz.fileops.open_for_update`) for the whole
+    update; values the file's dtype cannot keep are refused by ``casting``
+    (:func:`~mrcz.casting.check_values`) before anything is written.
+    """
+    try:
+        _update(source, path, idx, clevel, backend, n_threads, with_rms, name, casting)
+    except OSError as err:  # e.g. a full disk: name the file, keep the errno
+        raise named_error(err, name) from None
+
+
+def _update(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
+            backend: str | None, n_threads: int, with_rms: bool, name: str,
+            casting: str) -> None:
+    with open_for_update(path) as f:
         info, _ = read_header_and_meta(f, name)
+        _check_source_values(source, info, casting, name)
         nz, ny, nx = info.shape
         if source.shape[1:] != (ny, nx):
             raise FormatError(f"{name}: frames of {source.shape[1:]} cannot go into a file of "

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import carry, codec, header as hdr, preview, wholefile
+from . import carry, codec, fileops, header as hdr, preview, wholefile
 from .errors import MRCZError
 from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
                   writeMRC)
@@ -1592,11 +1592,27 @@ def add_demo_parser(sub: Any) -> None:
 
 
 #: Every sub-command: its name and the function adding its parser.
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove (or with -n list) the temporary files of dead mrcz writers in FOLDER."""
+    for path in fileops.clean_folder(args.folder, dry_run=args.dry_run):
+        print(path)
+    return EXIT_OK
+
+
+def add_clean_parser(sub: Any) -> None:
+    p = sub.add_parser("clean", help="remove temporary files that killed mrcz writers left "
+                       "in FOLDER (those of running writers stay)")
+    p.add_argument("folder", metavar="FOLDER", help="the folder to clean")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
+    p.set_defaults(func=cmd_clean)
+
+
 COMMANDS = [("info", add_info_parser), ("validate", add_validate_parser),
             ("verify", add_verify_parser), ("index", add_index_parser),
             ("compress", add_compress_parser), ("decompress", add_decompress_parser),
             ("convert", add_convert_parser), ("upgrade", add_upgrade_parser),
-            ("preview", add_preview_parser), ("demo", add_demo_parser)]
+            ("preview", add_preview_parser), ("demo", add_demo_parser),
+            ("clean", add_clean_parser)]
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

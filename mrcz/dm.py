@@ -44,6 +44,11 @@ _ELEMENTS = {2: "i2", 3: "i4", 4: "u2", 5: "u4", 6: "f4", 7: "f8", 8: "?",
              9: "i1", 10: "u1", 11: "i8", 12: "u8"}
 _MAX_DEPTH = 64          # real files nest about 12 deep
 _MAX_INFO = 4096         # longest accepted info array of a data tag
+#: Memory the parsed tag tree may take: this much, plus _TREE_BYTES_PER_BYTE per
+#: byte of the file (estimated at _ITEM_BYTES per decoded number or type code).
+_TREE_BYTES_FLOOR = 64 * 2**20
+_TREE_BYTES_PER_BYTE = 16
+_ITEM_BYTES = 64
 _INLINE_BYTES = 1 << 16  # larger arrays are described, not decoded
 _BLOCK = 1 << 16         # read-ahead of the header parser
 _LEAN = {"ImageList": {"*": {"ImageData": None}},
@@ -117,6 +122,16 @@ class _TagParser:
         self.wide = version == 4
         self.count = struct.Struct(">Q" if self.wide else ">I")
         self.step = self.count.size
+        # Layouts seen in this file (they repeat); dies with the parse.
+        self.layouts: dict[tuple[int, ...], _Layout] = {}
+        self.budget = _TREE_BYTES_FLOOR + _TREE_BYTES_PER_BYTE * window.size
+
+    def charge(self, pos: int, items: int) -> None:
+        """Account for ``items`` decoded values; refuse a tree too large for the file."""
+        self.budget -= items * _ITEM_BYTES
+        if self.budget < 0:
+            raise self.corrupt(pos, "the tag tree would take more memory than a file of "
+                                    f"{self.win.size} bytes can justify")
 
     # -- errors ------------------------------------------------------------
     def corrupt(self, offset: int, problem: str) -> CorruptDataError:
@@ -210,10 +225,14 @@ class _TagParser:
         buf, i = self.win.get(pos, ninfo * self.step)
         infos = struct.unpack_from(f">{ninfo}{self.count.format[-1]}", buf, i)
         pos += ninfo * self.step
-        try:
-            layout = _decode_layout(infos, self.order)
-        except (KeyError, IndexError, ValueError, TypeError, OverflowError) as exc:
-            raise self.corrupt(pos, f"bad type description {infos[:8]}") from exc
+        layout = self.layouts.get(infos)
+        if layout is None:
+            self.charge(pos, 2 * ninfo)
+            try:
+                layout = _decode_layout(infos, self.order)
+            except (KeyError, IndexError, ValueError, TypeError, OverflowError) as exc:
+                raise self.corrupt(pos, f"bad type description {infos[:8]}") from exc
+            self.layouts[infos] = layout
         if layout.count and not layout.dtype.itemsize:
             raise self.corrupt(pos, "array of empty items")
         if layout.nbytes > self.win.size - pos:
@@ -227,6 +246,8 @@ class _TagParser:
         if payload or layout.nbytes > _INLINE_BYTES:
             return {"offset": pos, "nbytes": layout.nbytes, "count": layout.count,
                     "type": layout.code}, end
+        fields = len(layout.dtype.names) if layout.dtype.names else 1
+        self.charge(pos, 1 + layout.count * fields)
         buf, i = self.win.get(pos, layout.nbytes)
         return _decode_value(layout, buf, i), end
 
@@ -245,7 +266,6 @@ def _insert(group: dict, repeats: dict[str, int], key: str, value: Any) -> None:
     group[key] = value
 
 
-@functools.lru_cache(maxsize=4096)
 def _decode_layout(infos: tuple[int, ...], order: str) -> _Layout:
     """Interpret a data tag's info array (raises KeyError/IndexError/ValueError)."""
     code = infos[0]
@@ -857,10 +877,11 @@ def dm_header_for_mrc(meta: dict) -> dict:
 
 def _mrc_meta(meta: dict) -> dict:
     """JSON-serialisable microscope metadata to store in an MRCZ header."""
-    skip = {"tags", "pixelsize", "file", "byteorder", "version"}
+    skip = {"tags", "pixelsize", "file", "byteorder", "version", "dtype"}
     out = {key: value for key, value in meta.items() if key not in skip}
+    # dtype would clash with the MRC header's own field: it goes with the source
     out["source"] = {"file": os.path.basename(str(meta.get("file", ""))),
-                     "format": f"DM{meta.get('version', '')}"}
+                     "format": f"DM{meta.get('version', '')}", "dtype": meta.get("dtype")}
     return out
 
 

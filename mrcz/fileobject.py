@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 
 from . import carry, header as hdr, meta as jsonmeta, wholefile
-from .atomic import atomic_output
+from .fileops import atomic_output
 from .errors import FormatError, MRCZError
 from .mrc import readMRC, writeMRC
 from .mrcobject import (MrcObject, as_mrcfile_record, data_dtype, data_shape,

@@ -20,8 +20,13 @@ back to the detector. What it may rely on:
 - **Bounded memory, if asked.** :func:`setAsyncLimits` caps the bytes and the
   number of writes waiting; the next ``asyncWriteMRC`` then blocks (or raises
   :class:`AsyncQueueFull`) until earlier writes finish.
-- **Nothing lost at exit.** When the interpreter exits normally, it first
-  waits for every pending job.
+- **Nothing lost at exit.** When the interpreter exits, it first waits for
+  every pending job. A Ctrl-C during that wait only says what is pending; a
+  second one abandons the unfinished writes (listed on stderr, their temporary
+  files removed, earlier versions unchanged) and exits with status 130. A job
+  that failed with no one looking at its future is reported on stderr, naming
+  its file, and the exit status becomes 1 (by ``os._exit`` after the other exit
+  handlers; those registered before ``mrcz.futures`` was imported are skipped).
 - **The array is not copied** (as in mrcz 0.6): do not modify it until its
   future is done, or pass ``copy=True``.
 
@@ -32,18 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import concurrent.futures as cf
 import inspect
 import logging
 import os
 import queue
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import fileops
 from .mrc import readMRC, writeMRC
 
 logger = logging.getLogger("mrcz")
@@ -79,6 +88,10 @@ class _TrackedFuture(cf.Future):
     """A Future that remembers whether its outcome was ever looked at."""
 
     _observed = False
+    #: The file the job reads or writes, for messages (None if unknown).
+    label: str | None = None
+    #: True for writes.
+    writes = False
 
     def result(self, timeout: float | None = None) -> Any:
         try:
@@ -162,6 +175,11 @@ class _Limiter:
             f"no room for a {nbytes}-byte background write ({why}): {self.writes} writes "
             f"holding {self.bytes} bytes are pending (limits: max_pending_bytes="
             f"{self.max_bytes}, max_pending_writes={self.max_writes})")
+
+    def try_acquire(self, nbytes: int) -> bool:
+        """Admit a write of ``nbytes`` if there is room now and no one waits before it."""
+        with self._cond:
+            return self._admit_now(None, nbytes)
 
     def acquire(self, nbytes: int, may_wait: bool) -> None:
         """Admit a write of ``nbytes``, waiting for room if the limits say so."""
@@ -255,8 +273,10 @@ class _Scheduler:
             self._gate.notify_all()
 
     def submit(self, call: _Call, key: str | None,
-               on_done: Callable[[], None] | None = None) -> _TrackedFuture:
+               on_done: Callable[[], None] | None = None, label: str | None = None,
+               writes: bool = False) -> _TrackedFuture:
         future = _TrackedFuture()
+        future.label, future.writes = label, writes
         with self._lock:
             self.pending.add(future)
         future.add_done_callback(lambda f: self._finished(f, on_done))
@@ -341,6 +361,11 @@ class _Scheduler:
                 return
             cf.wait(pending)
 
+    def pending_writes(self) -> list[str]:
+        """Names of the files that pending write jobs write."""
+        with self._lock:
+            return sorted({f.label or "?" for f in self.pending if f.writes})
+
     def take_unobserved_failures(self) -> list[_TrackedFuture]:
         with self._lock:
             failed, self.failed = self.failed, []
@@ -418,8 +443,19 @@ def _bind_write(args: tuple, kwargs: dict) -> inspect.BoundArguments | None:
         return None  # writeMRC raises the TypeError through the future
 
 
-def _failed_future(err: BaseException) -> _TrackedFuture:
+def _label(path: Any) -> str | None:
+    """A printable name of a file argument, for messages."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        try:
+            return os.fsdecode(path)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _failed_future(err: BaseException, label: str | None) -> _TrackedFuture:
     future = _TrackedFuture()
+    future.label, future.writes = label, True
     future.set_running_or_notify_cancel()
     future.set_exception(err)
     with _SCHEDULER._lock:
@@ -446,6 +482,7 @@ def _submit_write(args: tuple, kwargs: dict, copy: bool, acquired: int | None) -
     """
     bound = _bind_write(args, kwargs)
     nbytes = _image_nbytes(bound.arguments["input_image"]) if bound else 0
+    label = _label(bound.arguments["MRCfilename"]) if bound else None
     if acquired is None:
         _LIMITER.acquire(nbytes, may_wait=not _SCHEDULER.in_job())
     else:
@@ -454,8 +491,9 @@ def _submit_write(args: tuple, kwargs: dict, copy: bool, acquired: int | None) -
         call, key = _write_call(bound, args, kwargs, copy)
     except Exception as err:  # e.g. MemoryError while copying: report it like a job error
         _LIMITER.release(nbytes)
-        return _failed_future(err)
-    return _SCHEDULER.submit(call, key, on_done=lambda: _LIMITER.release(nbytes))
+        return _failed_future(err, label)
+    return _SCHEDULER.submit(call, key, on_done=lambda: _LIMITER.release(nbytes),
+                             label=label, writes=True)
 
 
 def _first_arg(args: tuple, kwargs: dict, name: str) -> Any:
@@ -481,8 +519,9 @@ def asyncReadMRC(*args: Any, **kwargs: Any) -> cf.Future:
     Takes the arguments of :func:`mrcz.readMRC`. A read runs after every
     background job submitted earlier for the same path.
     """
-    key = _path_key(_first_arg(args, kwargs, "MRCfilename"))
-    return _SCHEDULER.submit(lambda: readMRC(*args, **kwargs), key)
+    path = _first_arg(args, kwargs, "MRCfilename")
+    return _SCHEDULER.submit(lambda: readMRC(*args, **kwargs), _path_key(path),
+                             label=_label(path))
 
 
 def asyncWriteMRC(*args: Any, copy: bool = False, **kwargs: Any) -> cf.Future:
@@ -503,8 +542,9 @@ def asyncReadDM4(*args: Any, **kwargs: Any) -> cf.Future:
     """``readDM4`` in the background; ``future.result()`` gives the ``readDM4`` object."""
     from .dm import readDM4
 
-    key = _path_key(_first_arg(args, kwargs, "filename"))
-    return _SCHEDULER.submit(lambda: readDM4(*args, **kwargs), key)
+    path = _first_arg(args, kwargs, "filename")
+    return _SCHEDULER.submit(lambda: readDM4(*args, **kwargs), _path_key(path),
+                             label=_label(path))
 
 
 def setAsyncLimits(*, max_pending_bytes: int | None = None,
@@ -578,17 +618,67 @@ async def aread_mrc(*args: Any, **kwargs: Any) -> tuple[Any, dict]:
     return await asyncio.wrap_future(asyncReadMRC(*args, **kwargs))
 
 
-async def awrite_mrc(*args: Any, copy: bool = False, **kwargs: Any) -> None:
+def awrite_mrc(*args: Any, copy: bool = False, **kwargs: Any) -> Coroutine[Any, Any, None]:
     """``await awrite_mrc(image, path, ...)``: :func:`asyncWriteMRC` for asyncio code.
 
-    Returns when the file is written. Waiting for room under
-    :func:`setAsyncLimits` does not block the event loop. Cancelling the task
-    cancels a write that has not started; one that has started completes.
+    The write is handed to the background at once, when ``awrite_mrc`` is
+    called, unless :func:`setAsyncLimits` leaves no room; then the awaitable
+    waits for room without blocking the event loop. Once handed over, the
+    write completes even if the awaiting task is cancelled, or never awaited,
+    or still pending when ``asyncio.run`` returns (the interpreter waits for it
+    at exit, like any background write; if it then fails, the failure is
+    reported on stderr and the exit status is non-zero). Cancelling a task
+    that still waits for room withdraws its write: that, and writes whose
+    awaitable never ran, are listed on stderr at exit.
     """
     bound = _bind_write(args, kwargs)
     nbytes = _image_nbytes(bound.arguments["input_image"]) if bound else 0
-    await _LIMITER.acquire_async(nbytes)
-    return await asyncio.wrap_future(_submit_write(args, kwargs, copy, nbytes))
+    if _LIMITER.try_acquire(nbytes):
+        return _await_job(_submit_write(args, kwargs, copy, nbytes))
+    label = (_label(bound.arguments["MRCfilename"]) if bound else None) or "?"
+    token = object()
+    with _WITHDRAWN_LOCK:
+        _WITHDRAWN[token] = label
+    return _write_when_room(args, kwargs, copy, nbytes, token)
+
+
+async def _write_when_room(args: tuple, kwargs: dict, copy: bool, nbytes: int,
+                           token: object) -> None:
+    try:
+        await _LIMITER.acquire_async(nbytes)
+    except asyncio.CancelledError:
+        raise  # withdrawn: listed at exit
+    except BaseException:
+        with _WITHDRAWN_LOCK:  # e.g. AsyncQueueFull: the caller has seen it
+            del _WITHDRAWN[token]
+        raise
+    with _WITHDRAWN_LOCK:
+        del _WITHDRAWN[token]
+    return await _await_job(_submit_write(args, kwargs, copy, nbytes))
+
+
+async def _await_job(future: cf.Future) -> Any:
+    """The job's outcome; cancelling the awaiting task leaves the job running."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def settle(_: cf.Future) -> None:
+        if waiter.cancelled():
+            return  # the outcome stays unobserved: a failure is reported at exit
+        err = future.exception()
+        if err is None:
+            waiter.set_result(future.result())
+        else:
+            waiter.set_exception(err)
+
+    def done(_: cf.Future) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, future)
+        except RuntimeError:  # the loop is closed: no one awaits the outcome any more
+            pass
+
+    future.add_done_callback(done)
+    return await waiter
 
 
 async def aread_dm4(*args: Any, **kwargs: Any) -> Any:
@@ -596,10 +686,130 @@ async def aread_dm4(*args: Any, **kwargs: Any) -> Any:
     return await asyncio.wrap_future(asyncReadDM4(*args, **kwargs))
 
 
+# ----------------------------------------------------------------------------- exit
+
+#: awrite_mrc writes not yet handed to the background (waiting for room, or not run).
+_WITHDRAWN: dict[object, str] = {}
+_WITHDRAWN_LOCK = threading.Lock()
+#: Exit status to end the process with after the exit hooks (None: leave it alone).
+_exit_status: int | None = None
+INTERRUPTED_STATUS = 130
+
+
+def _say(message: str) -> None:
+    """One line on stderr (the exit hooks' only way to reach the user)."""
+    try:
+        sys.stderr.write(f"mrcz: {message}\n")
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _names(names: list[str], most: int = 20) -> str:
+    shown = ", ".join(repr(name) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _raise_exit_status(status: int) -> None:
+    global _exit_status
+    _exit_status = max(_exit_status or 0, status)
+
+
+def _report_failures() -> None:
+    """Tell stderr about failed jobs no one looked at; the exit status becomes 1."""
+    failed = _SCHEDULER.take_unobserved_failures()
+    for future in failed:
+        err = cf.Future.exception(future)
+        what = "write of" if future.writes else "read of"
+        _say(f"background {what} {future.label or '?'!r} failed: "
+             f"{type(err).__name__}: {err}")
+    if failed:
+        _raise_exit_status(1)
+
+
+def _report_withdrawn() -> None:
+    with _WITHDRAWN_LOCK:
+        labels = sorted(_WITHDRAWN.values())
+        _WITHDRAWN.clear()
+    if labels:
+        _say(f"{len(labels)} awrite_mrc writes were cancelled while waiting for room, or "
+             f"never ran; not written: {_names(labels)}")
+
+
+class _ExitInterrupts:
+    """While the interpreter waits for pending jobs: the first Ctrl-C (SIGINT) says
+    what is pending and keeps waiting; the second abandons the unfinished writes
+    (their temporary files are removed, the targets stay as they were) and ends
+    the process with status 130."""
+
+    def __init__(self) -> None:
+        self.presses = 0
+        self.previous: Any = None
+        self.installed = False
+
+    def __enter__(self) -> _ExitInterrupts:
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if callable(current):  # not SIG_IGN or SIG_DFL, which the user chose
+                self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+                self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.presses += 1
+        _raise_exit_status(INTERRUPTED_STATUS)
+        if self.presses == 1:
+            pending = _SCHEDULER.pending_writes()
+            _say(f"finishing {len(pending)} background writes before exit "
+                 f"({_names(pending, 5)}); press Ctrl-C again to abandon them")
+            return
+        _abandon_and_exit()
+
+
+def _abandon_and_exit() -> None:
+    abandoned = {os.fspath(p) for p in fileops.abandon_outputs()}
+    abandoned.update(_SCHEDULER.pending_writes())
+    names = sorted(abandoned)
+    _say(f"abandoned {len(names)} unfinished background writes; these files are "
+         f"incomplete and were not written (earlier versions are unchanged): "
+         f"{_names(names, 1000)}")
+    _hard_exit(INTERRUPTED_STATUS)
+
+
+def _hard_exit(status: int) -> None:
+    """End the process now with ``status``, after flushing logging and the std streams."""
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def _flush_at_exit() -> None:
     """Finish every pending job before the interpreter (and the codec pool) shut down."""
-    _SCHEDULER.wait_all()
-    _log_failures(_SCHEDULER.take_unobserved_failures())
+    with _ExitInterrupts():
+        _SCHEDULER.wait_all()
+    _report_failures()
+
+
+def _final_exit_hook() -> None:
+    """Last word at exit: late failures, withdrawn writes, and the exit status."""
+    _report_failures()  # of jobs that user threads submitted during shutdown
+    _report_withdrawn()
+    if _exit_status is None:
+        return
+    status = _exit_status
+    last = getattr(sys, "last_value", None)  # the script itself ended with an exception
+    if isinstance(last, KeyboardInterrupt):
+        status = max(status, INTERRUPTED_STATUS)
+    elif last is not None:
+        status = max(status, 1)
+    _hard_exit(status)
 
 
 def _register_exit_hooks() -> None:
@@ -607,12 +817,14 @@ def _register_exit_hooks() -> None:
     # (concurrent.futures registered its own on import, above): so pending jobs
     # still find the codec pool accepting work. atexit would run too late for
     # that; it reports failures of jobs that user threads submitted even later
-    # (those run in the submitting thread).
+    # (those run in the submitting thread). The exit status can only be set by
+    # ending the process (os._exit) in that last hook: atexit handlers registered
+    # before this module was imported do not run then (logging is flushed).
     import atexit
 
     register = getattr(threading, "_register_atexit", atexit.register)
     register(_flush_at_exit)
-    atexit.register(lambda: _log_failures(_SCHEDULER.take_unobserved_failures()))
+    atexit.register(_final_exit_hook)
 
 
 _register_exit_hooks()

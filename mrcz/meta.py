@@ -18,6 +18,12 @@ except ImportError:  # pragma: no cover - rapidjson is a declared dependency
 MAX_META_BYTES = 256 * 2**20
 #: Deepest nesting of JSON containers accepted on read.
 MAX_META_DEPTH = 64
+#: Most memory the decoded metadata may take, estimated before parsing as
+#: :data:`BYTES_PER_VALUE` per JSON value (about what Python needs for an empty
+#: list or a float and the pointer to it).
+MAX_META_MEMORY = 256 * 2**20
+BYTES_PER_VALUE = 64
+_SEPARATORS = np.frombuffer(b"[{,:", dtype=np.uint8)
 _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
@@ -38,16 +44,27 @@ def _to_json(value: Any) -> Any:
 ALIGNMENT = 4
 
 
-def encode(meta: dict) -> bytes:
-    """Serialise a metadata dict to UTF-8 JSON bytes, space-padded to :data:`ALIGNMENT`."""
+def encode(meta: dict, name: str = "metadata") -> bytes:
+    """Serialise a metadata dict to UTF-8 JSON bytes, space-padded to :data:`ALIGNMENT`.
+
+    Refuses (``FormatError`` naming ``name``) metadata that :func:`decode` would
+    refuse: larger than :data:`MAX_META_BYTES` or nested deeper than
+    :data:`MAX_META_DEPTH`.
+    """
     if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        raise TypeError(f"{name}: meta must be a dict, got {type(meta).__name__}")
     try:
         text = _json.dumps(meta, default=_to_json, ensure_ascii=False)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise TypeError(f"metadata cannot be written as JSON: {err}") from err
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
+        raise TypeError(f"{name}: metadata cannot be written as JSON: {err}") from err
     raw = text.encode("utf-8")
-    return raw + b" " * (-len(raw) % ALIGNMENT)
+    raw += b" " * (-len(raw) % ALIGNMENT)
+    try:
+        decode(raw, name)
+    except FormatError as err:
+        raise FormatError(f"{err}; such metadata could not be read back, so it is not "
+                          f"written") from None
+    return raw
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -66,11 +83,16 @@ def _depth(value: Any, limit: int) -> int:
     return depth
 
 
-def _naive_depth(raw: bytes) -> int:
+def _naive_depth(codes: np.ndarray) -> int:
     """Deepest bracket nesting, counting brackets inside strings too (an upper bound)."""
-    codes = np.frombuffer(raw, dtype=np.uint8)
     steps = (np.isin(codes, _OPEN).astype(np.int32) - np.isin(codes, _CLOSE))
     return int(np.cumsum(steps).max(initial=0))
+
+
+def _memory_estimate(codes: np.ndarray) -> int:
+    """Bytes the parsed JSON may take: values are at most one more than the brackets,
+    commas and colons (inside strings too, an upper bound)."""
+    return (int(np.count_nonzero(np.isin(codes, _SEPARATORS))) + 1) * BYTES_PER_VALUE
 
 
 def decode(raw: bytes, name: str) -> dict:
@@ -81,9 +103,14 @@ def decode(raw: bytes, name: str) -> dict:
     raw = raw.rstrip(b"\0 ")
     if not raw:
         return {}
+    codes = np.frombuffer(raw, dtype=np.uint8)
+    if _memory_estimate(codes) > MAX_META_MEMORY:
+        raise FormatError(f"{name}: JSON metadata of {len(raw)} bytes holds up to "
+                          f"{_memory_estimate(codes) // BYTES_PER_VALUE} values, more than "
+                          f"the {MAX_META_MEMORY // BYTES_PER_VALUE} accepted")
     # rapidjson parses recursively in C; hand deep nesting to the stdlib parser,
     # which fails cleanly with RecursionError instead of exhausting the C stack.
-    parser = _json if _naive_depth(raw) <= MAX_META_DEPTH else _stdlib_json
+    parser = _json if _naive_depth(codes) <= MAX_META_DEPTH else _stdlib_json
     try:
         meta = parser.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as err:

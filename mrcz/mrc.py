@@ -9,7 +9,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import carry, codec, frameindex, header as hdr, meta as jsonmeta
-from .atomic import atomic_output
+from .casting import check_casting
+from .fileops import atomic_output
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError, describe
 from .frames import WRITABLE_MODES, FrameSource, frame_source
 from .stats import Stats
@@ -509,6 +510,31 @@ def _pixelsize_angstrom(pixelsize: Any, pixelunits: str) -> np.ndarray:
     return angstrom
 
 
+#: Header dict keys readMRC fills from the header: a JSON key of the same name would be
+#: hidden on read. voltage, C3, gain and pixelsize have keywords; their clashes are
+#: reported by _report_meta_clashes instead.
+HEADER_FIELD_KEYS = frozenset({
+    "dimensions", "MRCtype", "compressor", "dtype", "pixelunits", "minImage", "maxImage",
+    "meanImage", "extendedBytes", "metaId", "packedBytes", "fileConvention", "endian",
+    "rmsImage", "backend", "clevel", "bloscFormat"})
+
+
+def _check_meta_round_trip(meta: dict | None, source: FrameSource, compressor: str | None,
+                           name: str) -> None:
+    """Refuse metadata that readMRC would not give back as written."""
+    if not meta:
+        return
+    hidden = sorted(str(k) for k in meta if k in HEADER_FIELD_KEYS)
+    if hidden:
+        raise ValueError(f"{name}: meta keys {hidden} are header fields; readMRC would "
+                         f"return the header's values instead: rename them")
+    slices = meta.get("slices")
+    if not compressor and isinstance(slices, int) and slices != source.slices:
+        raise ValueError(f"{name}: meta['slices'] = {slices!r} would regroup the frames on "
+                         f"read (plain files record their frame grouping there); this "
+                         f"image has slices={source.slices}: drop or rename the key")
+
+
 def _report_meta_clashes(meta: dict | None, given: dict, name: str) -> None:
     """Warn where ``meta`` holds a header key with a different value than the keyword."""
     if not meta:
@@ -626,12 +652,13 @@ def plan_write(source: FrameSource, dtype: Any, name: str, meta: dict | None, en
     pixelsize_aa = _pixelsize_angstrom(pixelsize, pixelunits)
     _report_meta_clashes(meta, {"voltage": voltage, "C3": C3, "gain": gain,
                                 "pixelsize": pixelsize}, name)
+    _check_meta_round_trip(meta, source, compressor, name)
     meta_out = dict(meta) if meta is not None else None
     if not compressor and (source.slices > 1 or (source.slices == 1 and source.shape[0] == 1)):
         # A list of 2-D frames is an image stack (ispg 0), which reads back as a list;
         # a list of one frame, or of 3-D frames, needs its grouping in the JSON.
         meta_out = {**(meta_out or {}), "slices": source.slices}
-    meta_bytes = jsonmeta.encode(meta_out) if meta_out is not None else b""
+    meta_bytes = jsonmeta.encode(meta_out, name) if meta_out is not None else b""
     return WritePlan(stored, mode, widened, meta_bytes, compressor, clevel, pixelsize_aa,
                      float(voltage or 0.0), float(C3 or 0.0), float(gain or 1.0))
 
@@ -656,7 +683,8 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
              clevel: int = 1, n_threads: int | None = None, quickStats: bool = True,
              idx: int | None = None, backend: str | None = None,
              template: str | os.PathLike | carry.Template | None = None,
-             shuffle: str | None = "bit") -> None:
+             shuffle: str | None = "bit", *,
+             casting: str = "same_value", durable: bool = True) -> None:
     r"""Write an MRC file, or a compressed MRCZ file when ``compressor`` is given.
 
     Parameters
@@ -692,6 +720,13 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         counted data), ``'byte'`` (smaller files for gain-corrected float data),
         ``None``, or ``'auto'`` (chosen from the first frame; see
         :func:`mrcz.codec.choose_shuffle`). Every mrcz release reads all of them.
+    casting : with ``idx``, how the data may be cast to the existing file's dtype:
+        ``'same_value'`` (default) refuses any value the file cannot store
+        unchanged (``ValueError``); numpy's ``'no'``, ``'equiv'``, ``'safe'``,
+        ``'same_kind'`` judge the dtypes (``TypeError``); ``'unsafe'`` casts as
+        numpy's ``astype`` does.
+    durable : ``fsync`` the new file and its folder before returning (default),
+        so a completed write survives a power cut; ``False`` skips that.
     """
     from . import wholefile  # names ending .gz/.bz2/.zst: whole-file compressed plain MRC
 
@@ -700,10 +735,11 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
                                pixelsize=pixelsize, pixelunits=pixelunits, voltage=voltage,
                                C3=C3, gain=gain, compressor=compressor, clevel=clevel,
                                n_threads=n_threads, quickStats=quickStats, idx=idx,
-                               backend=backend, template=template)
+                               backend=backend, template=template, durable=durable)
     name = describe(MRCfilename)
     _check_compressor(compressor, backend, clevel)
     codec.check_shuffle(shuffle)
+    check_casting(casting)
     if compressor and backend is None and compressor not in codec.BLOSC1_CODECS:
         warnings.warn(f"{name}: {compressor!r} exists only in blosc2, so this file gets "
                       "blosc2-format chunks that mrcz < 0.6 and blosc 1.x cannot read",
@@ -716,7 +752,8 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
             raise ValueError(f"{name}: shuffle={shuffle!r} applies to new files; frames "
                              "written at idx= into an existing file are bit-shuffled")
         from .append import write_at  # only needed for in-place writes
-        write_at(source, MRCfilename, int(idx), clevel, backend, n_threads, not quickStats, name)
+        write_at(source, MRCfilename, int(idx), clevel, backend, n_threads, not quickStats, name,
+                 casting)
         return
     if idx not in (None, 0):
         raise IndexError(f"{name}: idx={idx} given but the file does not exist yet")
@@ -730,7 +767,7 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
     extended = plan.meta_bytes
     if template is not None:
         extended = carry_onto(template, rec, extended, bool(compressor), meta, name)
-    with atomic_output(MRCfilename) as f:
+    with atomic_output(MRCfilename, durable=durable) as f:
         f.write(rec.tobytes())
         f.write(extended)
         wanted = stats_wanted(quickStats, compressor)

@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import codec, frameindex, header as hdr, mrc
-from .atomic import atomic_output
+from .casting import check_casting, check_values
+from .fileops import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
 from .mrc import (ANGSTROM, _check_compressor, _check_plain_size, _set_stats, _stored_slice,
@@ -271,8 +272,12 @@ class MRCZWriter:
                  voltage: float = 0.0, C3: float = 0.0, gain: float = 1.0,
                  meta: dict | None = None, n_threads: int | None = None, endian: str = "le",
                  slices: int = 0, quickStats: bool = True, backend: str | None = None,
-                 shuffle: str | None = "bit") -> None:
+                 shuffle: str | None = "bit", *,
+                 casting: str = "same_value", durable: bool = True) -> None:
         self.name = describe(path)
+        check_casting(casting)
+        self._casting = casting
+        self._lock = threading.Lock()
         (self._ny, self._nx), self.dtype = _template(shape, dtype, self.name)
         target = dtype if isinstance(dtype, str) and "uint4" in dtype.lower() else self.dtype
         _check_compressor(compressor, backend, clevel)
@@ -290,7 +295,7 @@ class MRCZWriter:
         n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
         self.nz = 0
         self._stack = contextlib.ExitStack()
-        self._f = self._stack.enter_context(atomic_output(path))
+        self._f = self._stack.enter_context(atomic_output(path, durable=durable))
         self._open = True
         try:
             self._f.write(bytes(hdr.HEADER_BYTES) + meta_bytes)
@@ -302,7 +307,12 @@ class MRCZWriter:
             raise
 
     def write(self, frames: Any) -> None:
-        """Append one 2-D frame or a 3-D stack of frames."""
+        """Append one 2-D frame or a 3-D stack of frames (thread-safe: the frames of
+        one call stay together, calls from several threads take turns)."""
+        with self._lock:
+            self._write(frames)
+
+    def _write(self, frames: Any) -> None:
         if not self._open:
             raise ValueError(f"{self.name}: the writer is closed")
         stack = np.asarray(frames)
@@ -310,14 +320,17 @@ class MRCZWriter:
         if stack.ndim != 3 or stack.shape[1:] != (self._ny, self._nx):
             raise ValueError(f"{self.name}: frames of shape {self._ny} x {self._nx} expected, "
                              f"got an array of shape {np.shape(frames)}")
-        if not np.can_cast(stack.dtype, self.dtype, "same_kind"):
-            raise TypeError(f"{self.name}: cannot store {stack.dtype} frames as {self.dtype}")
+        check_values(stack, self.dtype, self._casting, self.name)
         for frame in stack:
             self._appender.put(frame)
             self.nz += 1
 
     def close(self) -> None:
         """Finish compressing, write the final header and rename the file into place."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if not self._open:
             return
         try:
@@ -335,8 +348,9 @@ class MRCZWriter:
 
     def abort(self) -> None:
         """Stop writing and delete the partial file (the old file at ``path`` stays)."""
-        if self._open:
-            self._discard(MRCZError(f"{self.name}: writing aborted"))
+        with self._lock:
+            if self._open:
+                self._discard(MRCZError(f"{self.name}: writing aborted"))
 
     def _final_header(self) -> np.ndarray:
         source = FrameSource((self.nz, self._ny, self._nx), self.dtype, self._slices, None,
@@ -360,8 +374,10 @@ class MRCZWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is None:
             self.close()
-        elif self._open:
-            self._discard(exc)
+            return
+        with self._lock:
+            if self._open:
+                self._discard(exc)
 
 
 def _template(shape: Any, dtype: Any, name: str) -> tuple[tuple[int, int], np.dtype]:

@@ -39,7 +39,7 @@ import zstandard
 
 from . import carry, header as hdr
 from . import mrc as _mrc
-from .atomic import atomic_output
+from .fileops import atomic_output
 from .errors import CorruptDataError, UnsupportedError, describe
 from .frames import FrameSource, frame_source
 from .stats import Stats
@@ -52,6 +52,8 @@ LEVELS = {"gzip": range(0, 10), "bzip2": range(1, 10), "zstd": range(1, 23)}
 #: Smallest piece of data compressed independently (gzip and bzip2).
 PIECE_BYTES = 8 * 2**20
 _SKIP_BUFFER = 2**20
+#: Decompressed bytes allowed after the data block of a whole-file stream.
+MAX_TRAILING_BYTES = 16 * 2**20
 _ZSTD_READ_BYTES = 2**20
 _READ_CAP = 4 * 2**20  # largest read asked of the gzip and bzip2 readers at once
 _PROBE_BYTES = 4 * 2**20  # more than one bzip2 block (900 kB), whose CRC comes at its end
@@ -108,6 +110,22 @@ class StreamReader(io.RawIOBase):
         else:
             self._stream = zstandard.ZstdDecompressor().stream_reader(
                 raw, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False)
+        self._limit: int | None = None
+        self._limit = _stream_limit(self.peek_header(), name)
+
+    def _check_limit(self, view: memoryview) -> memoryview:
+        """``view`` cut to what may still be decompressed; refuse a stream that holds more."""
+        if self._limit is None or not len(view):
+            return view
+        room = self._limit - self._pos
+        if room > 0:
+            return view[:room]
+        if self._decompress_into(memoryview(bytearray(1))):
+            raise CorruptDataError(
+                f"{self.name}: the {self.codec} stream holds more than the {self._limit} "
+                f"bytes its MRC header accounts for (data block and up to "
+                f"{MAX_TRAILING_BYTES} bytes after it); refused")
+        return view[:0]
 
     def readable(self) -> bool:
         return True
@@ -129,7 +147,7 @@ class StreamReader(io.RawIOBase):
             view[:n] = self._pending[:n]
             self._pending = self._pending[n:]
         else:
-            n = self._decompress_into(view)
+            n = self._decompress_into(self._check_limit(view))
         self._pos += n
         return n
 
@@ -217,8 +235,8 @@ class StreamReader(io.RawIOBase):
     def _verify_end(self) -> None:
         """Read on to the end of the stream, where the codec checks its CRC or checksum.
 
-        Bytes after the data block are allowed (as in plain files) but still decoded,
-        so that the check covers them too.
+        Up to :data:`MAX_TRAILING_BYTES` after the data block are allowed (as in
+        plain files) and decoded, so that the check covers them too; more are refused.
         """
         scratch = memoryview(bytearray(_SKIP_BUFFER))
         while self.readinto(scratch):
@@ -232,6 +250,18 @@ class StreamReader(io.RawIOBase):
             finally:
                 self._raw.close()
         super().close()
+
+
+def _stream_limit(head: bytes, name: str) -> int:
+    """Most bytes a stream starting with ``head`` may decompress to: the MRC file its
+    header describes plus :data:`MAX_TRAILING_BYTES`; a stream without a valid MRC
+    header gets enough to show what it is (:data:`_PROBE_BYTES`)."""
+    try:
+        info = hdr.parse_header(head, name)
+        size = info.data_offset + hdr.stored_nbytes(info)
+    except (ValueError, TypeError, OverflowError):
+        return hdr.HEADER_BYTES + _PROBE_BYTES
+    return size + MAX_TRAILING_BYTES
 
 
 def _zstd_complete(raw: BinaryIO) -> bool:
@@ -446,7 +476,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
           pixelunits: str = _mrc.ANGSTROM, voltage: float = 0.0, C3: float = 0.0,
           gain: float = 1.0, compressor: str | None = None, clevel: int = 1,
           n_threads: int | None = None, quickStats: bool = True, idx: int | None = None,
-          backend: str | None = None, template: Any = None) -> None:
+          backend: str | None = None, template: Any = None, durable: bool = True) -> None:
     """``writeMRC`` for names ending ``.gz``, ``.bz2`` or ``.zst``: a compressed plain MRC.
 
     ``clevel`` is the codec's own level (gzip 0-9, bzip2 1-9, zstd 1-22). MRCZ
@@ -480,7 +510,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
         carry.statistics_onto(template, rec)
     prefix = rec.tobytes() + meta_bytes
     slices = _stored_bytes(source, stored, mode, name)
-    with atomic_output(MRCfilename) as f:
+    with atomic_output(MRCfilename, durable=durable) as f:
         if codec == "zstd":
             total = len(prefix) + _data_nbytes(source, stored, mode)
             _write_zstd(f, level, prefix, slices, total, n_threads)

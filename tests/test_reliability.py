@@ -9,32 +9,30 @@ import numpy as np
 import pytest
 
 import mrcz
-from mrcz import atomic
+from mrcz import fileops
 
 
-class FullDisk(io.BufferedWriter):
-    """A file that accepts ``room`` bytes and then fails with ENOSPC."""
+class FullDisk:
+    """``os`` as fileops sees it, but whose ``write`` takes ``room`` more bytes, then
+    writes short (as a full disk does) and then fails with ENOSPC."""
 
     room = 0
 
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if FullDisk.room < size:
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data) -> int:
+        view = memoryview(data).cast("B")
+        if FullDisk.room <= 0:
             raise OSError(errno.ENOSPC, "No space left on device")
-        FullDisk.room -= size
-        return super().write(data)
+        take = min(FullDisk.room, view.nbytes)
+        FullDisk.room -= take
+        return os.write(fd, view[:take])
 
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    real_fdopen = os.fdopen
-
-    def fdopen(fd, mode="r", buffering=-1, **kwargs):
-        if "w" in mode:
-            return FullDisk(io.FileIO(fd, "w"))
-        return real_fdopen(fd, mode, buffering, **kwargs)
-
-    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
+    monkeypatch.setattr(fileops, "os", FullDisk())
     return FullDisk
 
 
@@ -51,6 +49,7 @@ def test_full_disk_keeps_previous_file(tmp_path, rng, full_disk, compressor, roo
     with pytest.raises(OSError) as caught:
         mrcz.writeMRC(new, path, compressor=compressor, meta={"x": "y" * 200})
     assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.mrcz"]
 
