@@ -33,7 +33,7 @@ __all__ = [
     "MRCZReader", "MRCZWriter", "iter_frames",
     "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
-    "DMFrameReader", "iter_dm_frames",
+    "DMFrameReader", "iter_dm_frames", "to_dask",
 ]
 
 _DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReader",
@@ -41,10 +41,14 @@ _DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReade
 
 
 def __getattr__(name: str):
-    """Import the DM reader on first use (it is not needed to read MRC files)."""
+    """Import the DM reader, and dask for ``to_dask``, on first use (neither is needed to
+    read MRC files)."""
     if name in _DM_NAMES:
         from . import dm
         return getattr(dm, name)
+    if name == "to_dask":
+        from .todask import to_dask
+        return to_dask
     raise AttributeError(f"module 'mrcz' has no attribute {name!r}")
 
 

@@ -29,8 +29,9 @@ from . import codec, header as hdr, mrc
 from .atomic import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
+from .decode import to_native, unpack_uint4
 from .mrc import (ANGSTROM, _check_compressor, _check_plain_size, _set_stats, _stored_slice,
-                  _to_native, _unpack_uint4, header_dict, open_for_read, read_header_and_meta)
+                  header_dict, open_for_read, read_header_and_meta)
 from .stats import Stats
 from .workers import Pipeline, ordered_map
 
@@ -315,13 +316,16 @@ class MRCZReader:
     ``reader[a:b]`` (any slice or list of indices) a 3-D array; iterating yields
     slices in order, decompressing a few ahead on the shared pool. Only the
     slices asked for are read. ``header`` is the dict readMRC returns. Plain files
-    inside gzip, bzip2 or zstd can be read forward only.
+    inside gzip, bzip2 or zstd can be read forward only. A reader opened by path
+    pickles (the copy reopens the file by that absolute path).
     """
 
     def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
                  pixelunits: str = ANGSTROM, fileConvention: str = "ccpem") -> None:
         self.name = describe(path)
         self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+        self._reopen_args = ((os.path.abspath(os.fspath(path)), n_threads, pixelunits,
+                              fileConvention) if isinstance(path, (str, os.PathLike)) else None)
         self._f = open_for_read(path)
         try:
             self._open(pixelunits, fileConvention.lower())
@@ -401,8 +405,8 @@ class MRCZReader:
         else:
             self._read_plain(k, raw)
         if not direct:
-            raw = _unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
-            out[...] = _to_native(raw, info)
+            raw = unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
+            out[...] = to_native(raw, info)
         return out
 
     def _raw_shape(self) -> tuple[int, int]:
@@ -429,6 +433,13 @@ class MRCZReader:
 
     def close(self) -> None:
         self._f.close()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        """Pickle by name: the copy reopens the file (and walks its index again)."""
+        if self._reopen_args is None:
+            raise TypeError(f"{self.name}: a reader of an open file object cannot be "
+                            "pickled; open it by path")
+        return MRCZReader, self._reopen_args
 
     def __enter__(self) -> MRCZReader:
         return self

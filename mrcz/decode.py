@@ -1,0 +1,25 @@
+"""Stored MRC values to what callers get: native byte order, complex64, uint8, unpacked uint4."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import header as hdr
+
+
+def unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
+    """Two pixels per byte, the even pixel in the low nibble; rows padded to whole bytes."""
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
+    np.bitwise_and(packed, 0x0F, out=out[..., 0::2])
+    np.right_shift(packed, 4, out=out[..., 1::2])
+    return out[..., :nx]
+
+
+def to_native(data: np.ndarray, info: hdr.HeaderInfo) -> np.ndarray:
+    """Convert stored values to what the caller gets: native byte order, real dtypes."""
+    if info.dtype.names:  # mode 3: complex int16
+        return (data["re"] + 1j * data["im"].astype(np.float32)).astype(np.complex64)
+    if info.widened_uint8:
+        return data.astype(np.uint8)
+    if not data.dtype.isnative:
+        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+    return data
