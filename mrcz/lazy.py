@@ -117,9 +117,32 @@ class LazyFrames:
         data = data[0] if self._single else data
         return data if dtype is None else data.astype(dtype, copy=False)
 
+    def __array_function__(self, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
+        """numpy functions see the data read whole, except ``atleast_Nd`` of enough
+        dimensions, which returns the lazy array itself (as HyperSpy calls it)."""
+        wanted = _ATLEAST.get(func)
+        if wanted is not None and len(args) == 1 and self.ndim >= wanted:
+            return self
+        return func(*_materialised(args), **dict(zip(kwargs, _materialised(kwargs.values()))))
+
     def __iter__(self):
         for k in range(len(self)):
             yield self[k]
+
+
+_ATLEAST = {np.atleast_1d: 1, np.atleast_2d: 2, np.atleast_3d: 3}
+
+
+def _materialised(values: Any) -> list:
+    """``values`` with every LazyFrames (also inside lists and tuples) read into an array."""
+    out = []
+    for value in values:
+        if isinstance(value, LazyFrames):
+            value = np.asarray(value)
+        elif isinstance(value, (list, tuple)):
+            value = type(value)(_materialised(value))
+        out.append(value)
+    return out
 
 
 def _expand_ellipsis(key: tuple, ndim: int) -> tuple:
