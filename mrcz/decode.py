@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import header as hdr
-
 
 def unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
     """Two pixels per byte, the even pixel in the low nibble; rows padded to whole bytes."""
@@ -14,11 +12,14 @@ def unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
     return out[..., :nx]
 
 
-def to_native(data: np.ndarray, info: hdr.HeaderInfo) -> np.ndarray:
-    """Convert stored values to what the caller gets: native byte order, real dtypes."""
-    if info.dtype.names:  # mode 3: complex int16
+def to_native(data: np.ndarray, widened_uint8: bool = False) -> np.ndarray:
+    """Convert stored values to what the caller gets: native byte order, real dtypes.
+
+    ``widened_uint8``: the file stores uint8 data as uint16 (mode 6), as the header says.
+    """
+    if data.dtype.names:  # mode 3: complex int16
         return (data["re"] + 1j * data["im"].astype(np.float32)).astype(np.complex64)
-    if info.widened_uint8:
+    if widened_uint8:
         return data.astype(np.uint8)
     if not data.dtype.isnative:
         data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))

@@ -22,49 +22,57 @@ from .errors import CorruptDataError, UnsupportedError, describe
 
 @dataclasses.dataclass(frozen=True)
 class FrameFormat:
-    """How every z-slice of one file is stored; no position."""
+    """How every z-slice of one file is stored; no position.
+
+    ``stored`` is the on-disk dtype (file byte order); ``compressed``: one blosc
+    chunk per slice; ``uint4``: two pixels per byte (mode 101); ``widened_uint8``:
+    uint8 data stored as uint16.
+    """
 
     name: str
-    info: hdr.HeaderInfo
+    frame_shape: tuple[int, int]
+    stored: np.dtype
+    compressed: bool
+    uint4: bool = False
+    widened_uint8: bool = False
 
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return self.info.shape[1:]
+    @classmethod
+    def of(cls, info: hdr.HeaderInfo, name: str) -> FrameFormat:
+        return cls(name, tuple(info.shape[1:]), info.dtype, info.compressor is not None,
+                   info.mode == hdr.MODE_UINT4, info.widened_uint8)
 
     @property
     def dtype(self) -> np.dtype:
         """The dtype readers return (native byte order)."""
-        info = self.info
-        if info.dtype.names:
+        if self.stored.names:
             return np.dtype(np.complex64)
-        if info.widened_uint8:
+        if self.widened_uint8:
             return np.dtype(np.uint8)
-        return info.dtype.newbyteorder("=")
+        return self.stored.newbyteorder("=")
 
     @property
     def stored_shape(self) -> tuple[int, int]:
         ny, nx = self.frame_shape
-        return (ny, (nx + 1) // 2) if self.info.mode == hdr.MODE_UINT4 else (ny, nx)
+        return (ny, (nx + 1) // 2) if self.uint4 else (ny, nx)
 
     def decode_into(self, raw: memoryview, out: np.ndarray) -> None:
         """Decode the bytes of ``len(out)`` consecutive slices into ``out`` (count, ny, nx)."""
-        info = self.info
-        if info.compressor is None:
-            stored = np.frombuffer(raw, dtype=info.dtype).reshape(len(out), *self.stored_shape)
-            if info.mode == hdr.MODE_UINT4:
+        if not self.compressed:
+            stored = np.frombuffer(raw, dtype=self.stored).reshape(len(out), *self.stored_shape)
+            if self.uint4:
                 out[...] = unpack_uint4(stored, self.frame_shape[1])
             else:
-                out[...] = to_native(stored, info)
+                out[...] = to_native(stored, self.widened_uint8)
             return
-        direct = out.dtype == info.dtype and out.flags.c_contiguous
+        direct = out.dtype == self.stored and out.flags.c_contiguous
         position = 0
         for frame in out:
             header = codec.ChunkHeader.parse(bytes(raw[position:position + codec.CHUNK_HEADER_BYTES]))
             chunk = raw[position:position + header.cbytes]
-            target = frame if direct else np.empty(self.frame_shape, dtype=info.dtype)
+            target = frame if direct else np.empty(self.frame_shape, dtype=self.stored)
             codec.decompress_into(chunk, target, self.name)
             if not direct:
-                frame[...] = to_native(target, info)
+                frame[...] = to_native(target, self.widened_uint8)
             position += header.cbytes
         if position != len(raw):
             raise CorruptDataError(f"{self.name}: {len(out)} chunks hold {position} bytes, "
@@ -171,7 +179,7 @@ def index_frames(path: str | os.PathLike, convention: str = "ccpem") -> FrameInd
                                         ny * nx * info.dtype.itemsize, name)
             offsets = np.array([offset for offset, _ in chunks] + [sum(chunks[-1])],
                                dtype=np.int64)
-    return FrameIndex(path, FrameFormat(name, info), offsets)
+    return FrameIndex(path, FrameFormat.of(info, name), offsets)
 
 
 def file_identity(path: str | os.PathLike) -> tuple[Any, ...]:

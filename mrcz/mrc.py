@@ -403,7 +403,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             data = _allocate((count, ny, nx), info.dtype, name)
             _read_plain(f, info, first, count, data, name)
     if not isinstance(data, (np.memmap, LazyFrames)):
-        data = to_native(data, info)
+        data = to_native(data, info.widened_uint8)
     header = header_dict(info, meta, pixelunits, convention, chunk_version)
     if selected or count != nz:
         header["dimensions"][0] = count

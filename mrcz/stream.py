@@ -324,8 +324,8 @@ class MRCZReader:
                  pixelunits: str = ANGSTROM, fileConvention: str = "ccpem") -> None:
         self.name = describe(path)
         self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
-        self._reopen_args = ((os.path.abspath(os.fspath(path)), n_threads, pixelunits,
-                              fileConvention) if isinstance(path, (str, os.PathLike)) else None)
+        self._reopen_args = (os.path.abspath(os.fspath(path)), n_threads, pixelunits,
+                             fileConvention)
         self._f = open_for_read(path)
         try:
             self._open(pixelunits, fileConvention.lower())
@@ -406,7 +406,7 @@ class MRCZReader:
             self._read_plain(k, raw)
         if not direct:
             raw = unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
-            out[...] = to_native(raw, info)
+            out[...] = to_native(raw, info.widened_uint8)
         return out
 
     def _raw_shape(self) -> tuple[int, int]:
@@ -436,9 +436,6 @@ class MRCZReader:
 
     def __reduce__(self) -> tuple[type, tuple]:
         """Pickle by name: the copy reopens the file (and walks its index again)."""
-        if self._reopen_args is None:
-            raise TypeError(f"{self.name}: a reader of an open file object cannot be "
-                            "pickled; open it by path")
         return MRCZReader, self._reopen_args
 
     def __enter__(self) -> MRCZReader:
