@@ -33,8 +33,8 @@ __all__ = [
     "MRCZReader", "MRCZWriter", "iter_frames",
     "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
-    "DMFrameReader", "iter_dm_frames", "to_dask",
-]
+    "DMFrameReader", "iter_dm_frames",
+]  # to_dask is left out: ``from mrcz import *`` must not need the optional dask
 
 _DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReader",
                        "iter_dm_frames", "dm_header_for_mrc"})

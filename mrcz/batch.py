@@ -156,15 +156,17 @@ def _sha256(path: str) -> str:
 
 
 def run_job(job: Job, convert: Converter = convert_file, n_threads: int = 1,
-            skip_existing: bool = False, known_sha256: str = "") -> Result:
+            skip_existing: bool = False, known_sha256: str = "",
+            overwrite: bool = False) -> Result:
     """Run one job where it lands (a worker); never raises for a problem with the file."""
     start = time.perf_counter()
     try:
         if skip_existing and os.path.exists(job.target) \
                 and verify_output(job, known_sha256) is None:
             return _result(job, "skipped", time.perf_counter() - start)
-        if os.path.exists(job.target) and not skip_existing:
-            raise MRCZError(f"{job.target} exists (pass skip_existing, or remove it)")
+        if os.path.exists(job.target) and not (skip_existing or overwrite):
+            raise MRCZError(f"{job.target} exists (skip_existing keeps it if it verifies, "
+                            "overwrite replaces it)")
         convert(job, n_threads)
         return _result(job, "done", time.perf_counter() - start)
     except Exception as err:  # reported in the manifest; the other files go on
@@ -185,7 +187,7 @@ def _result(job: Job, status: str, seconds: float) -> Result:
 def convert_files(jobs: Iterable[Job], scheduler: Any = "local", skip_existing: bool = False,
                   manifest: str | os.PathLike | None = None, threads_per_worker: int = 1,
                   n_workers: int | None = None, progress: ProgressCallback | None = None,
-                  convert: Converter = convert_file) -> list[Result]:
+                  convert: Converter = convert_file, overwrite: bool = False) -> list[Result]:
     """Convert every job, one dask.distributed task per file; return one Result per job.
 
     Parameters
@@ -196,7 +198,7 @@ def convert_files(jobs: Iterable[Job], scheduler: Any = "local", skip_existing: 
         ``distributed.Client``, or ``None``/``'serial'`` (in this process, no dask).
     skip_existing : keep outputs that exist and verify (:func:`verify_output`,
         with the checksum an existing manifest records); without it an existing
-        output is a failure of that job.
+        output is a failure of that job (unless ``overwrite``).
     manifest : CSV (``.csv``) or JSON (any other name) file, rewritten as each job
         finishes; rows of an existing manifest for other files are kept.
     threads_per_worker : threads of each worker, and frames each task compresses
@@ -205,14 +207,18 @@ def convert_files(jobs: Iterable[Job], scheduler: Any = "local", skip_existing: 
         threads_per_worker).
     progress : called in this process as ``progress(result, done, total)`` after
         each job; default: a progress bar on stderr when it is a terminal.
-    convert : the function that converts one job (``convert(job, n_threads)``);
-        it must be importable by the workers.
+    convert : the function that converts one job (``convert(job, n_threads)``,
+        writing ``job.target`` atomically or raising); it must be importable by
+        the workers (a module-level function or a picklable object).
+    overwrite : replace existing outputs that ``skip_existing`` does not keep.
 
     Returns
     -------
     The results in the order of ``jobs``; failed jobs have ``status == 'failed'``.
     """
     jobs = list(jobs)
+    if not jobs:
+        return []
     threads_per_worker = max(1, int(threads_per_worker))
     book = _Manifest(manifest, jobs)
     total = len(jobs)
@@ -221,8 +227,9 @@ def convert_files(jobs: Iterable[Job], scheduler: Any = "local", skip_existing: 
         bar = None
         if progress is None:
             bar = stack.enter_context(Progress(total, "mrcz batch"))
-        outcomes = _run(jobs, scheduler, skip_existing, threads_per_worker, n_workers,
-                        convert, book, stack)
+        arguments = [(job, convert, threads_per_worker, skip_existing, book.sha256(job),
+                      overwrite) for job in jobs]
+        outcomes = _run(jobs, arguments, scheduler, threads_per_worker, n_workers, stack)
         for position, result in outcomes:
             results[position] = result
             book.record(result)
@@ -233,11 +240,9 @@ def convert_files(jobs: Iterable[Job], scheduler: Any = "local", skip_existing: 
     return [results[i] for i in range(total)]
 
 
-def _run(jobs: Sequence[Job], scheduler: Any, skip_existing: bool, threads: int,
-         n_workers: int | None, convert: Converter, book: _Manifest,
-         stack: contextlib.ExitStack) -> Iterator[tuple[int, Result]]:
-    """``(position, result)`` of each job as it finishes."""
-    arguments = [(job, convert, threads, skip_existing, book.sha256(job)) for job in jobs]
+def _run(jobs: Sequence[Job], arguments: list[tuple], scheduler: Any, threads: int,
+         n_workers: int | None, stack: contextlib.ExitStack) -> Iterator[tuple[int, Result]]:
+    """``(position, result)`` of each job (``run_job(*arguments[position])``) as it finishes."""
     if scheduler in (None, "serial"):
         for position, args in enumerate(arguments):
             yield position, run_job(*args)

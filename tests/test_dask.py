@@ -37,8 +37,9 @@ def movie(rng: np.random.Generator, frames: int = 9, shape=(96, 80), dtype="int1
 
 
 def rchar() -> int:
-    """Bytes this process has read through read system calls so far (Linux)."""
-    with open("/proc/self/io", encoding="ascii") as f:
+    """Bytes this thread has read through read system calls so far (Linux); the other
+    threads (a dask client's, the codec pool's) do not count."""
+    with open("/proc/thread-self/io", encoding="ascii") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
 
 
@@ -323,6 +324,9 @@ def test_batch_lists_failures_and_redoes_bad_outputs(tmp_path, rng):
 
     again = convert_files(jobs(sources, out), scheduler=None)
     assert all(r.status == "failed" and "exists" in r.error for r in again)
+    assert [r.status for r in convert_files(jobs(sources[:1], out), scheduler=None,
+                                            overwrite=True)] == ["done"]
+    assert convert_files([], scheduler="local") == []
 
     damaged = out / "movie01.mrcz"
     damaged.write_bytes(damaged.read_bytes()[:-50])
