@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import header as hdr, wholefile
+from . import carry, header as hdr, wholefile
 from .errors import MRCZError
 from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
                   writeMRC)
@@ -128,9 +128,11 @@ def open_input(path: str | os.PathLike, lazy: bool = True) -> Iterator[Loaded]:
         else:
             image, header = readMRC(plain)
         has_meta = info.extended_bytes > 0 and info.record["exttyp"] == b"json"
+        template = carry.of_file(plain, open_for_read)  # what the output keeps of the rest
         kwargs = {"pixelsize": header["pixelsize"], "pixelunits": ANGSTROM,
-                  "meta": meta if has_meta else None, "endian": header["endian"]}
-        if info.mrcz_version is not None:  # elsewhere these header words are not defined
+                  "meta": meta if has_meta else None, "endian": header["endian"],
+                  "template": template}
+        if template.holds_microscope_values:  # elsewhere these header words are not defined
             kwargs.update(voltage=header["voltage"], C3=header["C3"],
                           gain=header["gain"] or None)  # writers store gain 0 as 1
         yield Loaded(image, kwargs, "MRCZ" if info.compressor else "MRC")
@@ -309,8 +311,14 @@ def _compare_header(out: Any, have: dict, want: dict, ndim: int) -> None:
     for key in ("voltage", "C3", "gain"):
         if want.get(key) is not None and np.float32(have.get(key)) != np.float32(want[key]):
             raise CommandError(f"verify: {key} of {out} is {have.get(key)}")
-    if (want.get("meta") or None) != (have.get("meta") or None):
+    if _own_meta(want.get("meta")) != _own_meta(have.get("meta")):
         raise CommandError(f"verify: JSON metadata of {out} differ from the input")
+
+
+def _own_meta(meta: dict | None) -> dict | None:
+    """The JSON metadata without what a conversion displaced from the header."""
+    meta = {k: v for k, v in (meta or {}).items() if k != carry.DISPLACED_KEY}
+    return meta or None
 
 
 # ============================================================================= tasks

@@ -8,7 +8,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import codec, header as hdr, meta as jsonmeta
+from . import carry, codec, header as hdr, meta as jsonmeta
 from .atomic import atomic_output
 from .decode import to_native, unpack_uint4
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError, describe
@@ -95,9 +95,11 @@ def read_header_and_meta(f: BinaryIO, name: str, convention: str = "ccpem",
 class HeaderDict(dict):
     """The header dict readMRC returns: mrcz 0.6.0's items, plus fields on lookup.
 
-    Its stored items are exactly the keys the original returns for the same file
-    (and the JSON metadata keys), so code that copies or compares every item, as
-    rosettasciio does, sees what it saw with the original. Fields the original
+    Its stored items are the keys the original returns for the same file (and the
+    JSON metadata keys), so code that copies or compares every item, as
+    rosettasciio does, sees what it saw with the original. The one addition is
+    ``metaId`` (the exttyp bytes) on files without an extended header, where the
+    original leaves it out and rosettasciio's reader then fails. Fields the original
     does not store (``endian``, ``fileConvention``, ``rmsImage``, ``clevel``,
     ``bloscFormat``, ``backend``) are answered by ``header[key]`` and
     ``header.get(key)`` without being listed in ``keys()`` or ``copy()``.
@@ -137,16 +139,15 @@ def header_dict(info: hdr.HeaderInfo, meta: dict, pixelunits: str = ANGSTROM,
         "pixelunits": pixelunits,
         "minImage": dmin, "maxImage": dmax, "meanImage": dmean,
         "extendedBytes": info.extended_bytes,
+        # 0.6.0 stores this only with an extended header; rosettasciio pops it unconditionally.
+        "metaId": bytes(rec["exttyp"]),
     }
-    if info.extended_bytes:
-        items["metaId"] = bytes(rec["exttyp"])
     items.update({"voltage": float(rec["voltage"]), "C3": float(rec["C3"]),
                   "gain": float(rec["gain"]), "packedBytes": int(rec["packed_bytes"])})
     extra: dict = {
         "fileConvention": convention,
         "endian": "le" if info.byteorder == "<" else "be",
         "rmsImage": rms,
-        "metaId": bytes(rec["exttyp"]),
         "backend": None,
     }
     if info.clevel is not None:
@@ -586,7 +587,8 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
              pixelunits: str = ANGSTROM, shape: Any = None, voltage: float = 0.0,
              C3: float = 0.0, gain: float = 1.0, compressor: str | None = None,
              clevel: int = 1, n_threads: int | None = None, quickStats: bool = True,
-             idx: int | None = None, backend: str | None = None) -> None:
+             idx: int | None = None, backend: str | None = None,
+             template: str | os.PathLike | carry.Template | None = None) -> None:
     r"""Write an MRC file, or a compressed MRCZ file when ``compressor`` is given.
 
     Parameters
@@ -614,6 +616,10 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
     idx : write the image at z-slice ``idx`` of an existing file instead of replacing
         it (plain files: anywhere up to the end; compressed files: append at the end).
     backend : ``None``/``'blosc1'`` (chunks every mrcz reads) or ``'blosc2'``.
+    template : a source file (path or :class:`mrcz.carry.Template`) whose header
+        fields the data do not decide (origin, start indices, axis order, cell
+        angles, space group, labels, extended header, ...) the new file keeps; see
+        "Copies and conversions" in the specification.
     """
     from . import wholefile  # names ending .gz/.bz2/.zst: whole-file compressed plain MRC
 
@@ -622,7 +628,7 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
                                pixelsize=pixelsize, pixelunits=pixelunits, voltage=voltage,
                                C3=C3, gain=gain, compressor=compressor, clevel=clevel,
                                n_threads=n_threads, quickStats=quickStats, idx=idx,
-                               backend=backend)
+                               backend=backend, template=template)
     name = describe(MRCfilename)
     _check_compressor(compressor, backend, clevel)
     if compressor and backend is None and compressor not in codec.BLOSC1_CODECS:
@@ -638,12 +644,19 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         return
     if idx not in (None, 0):
         raise IndexError(f"{name}: idx={idx} given but the file does not exist yet")
+    if template is not None and not isinstance(template, carry.Template):
+        template = carry.of_file(template, open_for_read)
+    if template is not None:
+        meta = carry.output_meta(template, meta, bool(compressor))
     plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage, C3,
                       gain, compressor, clevel)
     rec = plan.header(source)
+    extended = plan.meta_bytes
+    if template is not None:
+        extended = carry_onto(template, rec, extended, bool(compressor), meta, name)
     with atomic_output(MRCfilename) as f:
         f.write(rec.tobytes())
-        f.write(plan.meta_bytes)
+        f.write(extended)
         wanted = stats_wanted(quickStats, compressor)
         if compressor:
             stats, packed = _write_compressed(f, source, plan.stored, compressor, clevel,
@@ -652,8 +665,27 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         else:
             stats = _write_plain(f, source, plan.stored, plan.mode, n_threads, wanted, name)
         _set_stats(rec, stats)
+        if template is not None:
+            carry.statistics_onto(template, rec)
         f.seek(0)
         f.write(rec.tobytes())
+
+
+def carry_onto(template: carry.Template, rec: np.ndarray, extended: bytes, compressed: bool,
+               meta: dict | None, name: str) -> bytes:
+    """Put what ``template`` keeps onto the new header ``rec``; returns the extended
+    header to write: the JSON of ``meta``, or in a plain file the source's own."""
+    carry.onto(template, rec, compressed)
+    if compressed:
+        return extended
+    try:
+        kept = carry.plain_extended(template, meta)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if kept is None:
+        return extended
+    rec["nsymbt"], rec["exttyp"] = len(kept[1]), kept[0]
+    return kept[1]
 
 
 def _check_compressor(compressor: str | None, backend: str | None, clevel: int) -> None:

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import zstandard
 
-from . import header as hdr
+from . import carry, header as hdr
 from . import mrc as _mrc
 from .atomic import atomic_output
 from .errors import CorruptDataError, UnsupportedError, describe
@@ -446,7 +446,7 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
           pixelunits: str = _mrc.ANGSTROM, voltage: float = 0.0, C3: float = 0.0,
           gain: float = 1.0, compressor: str | None = None, clevel: int = 1,
           n_threads: int | None = None, quickStats: bool = True, idx: int | None = None,
-          backend: str | None = None) -> None:
+          backend: str | None = None, template: Any = None) -> None:
     """``writeMRC`` for names ending ``.gz``, ``.bz2`` or ``.zst``: a compressed plain MRC.
 
     ``clevel`` is the codec's own level (gzip 0-9, bzip2 1-9, zstd 1-22). MRCZ
@@ -467,9 +467,17 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
     _mrc._check_compressor(None, backend, clevel)
     level = check_level(codec, clevel, name)
     n_threads = _mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+    if template is not None and not isinstance(template, carry.Template):
+        template = carry.of_file(template, open_for_read)
+    if template is not None:
+        meta = carry.output_meta(template, meta, compressed=False)
     source, stored, mode, rec, meta_bytes = _plan(input_image, name, meta, endian, dtype,
                                                   pixelsize, pixelunits, voltage, C3, gain)
+    if template is not None:
+        meta_bytes = _mrc.carry_onto(template, rec, meta_bytes, False, meta, name)
     _mrc._set_stats(rec, _gather_stats(source, _mrc.stats_wanted(quickStats, None), n_threads))
+    if template is not None:
+        carry.statistics_onto(template, rec)
     prefix = rec.tobytes() + meta_bytes
     slices = _stored_bytes(source, stored, mode, name)
     with atomic_output(MRCfilename) as f:

@@ -1,6 +1,8 @@
 """Round trips of every dtype, layout and codec, MRC2014 header bytes, bad input."""
 from __future__ import annotations
 
+import json
+import pickle
 import struct
 
 import numpy as np
@@ -299,3 +301,85 @@ def test_failed_write_keeps_the_old_file(tmp_path, rng):
         mrcz.writeMRC(Exploding(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.mrc"]
+
+
+def with_extended_header(path, ext: bytes, exttyp: bytes = b"json") -> None:
+    """Rewrite a plain file with ``ext`` as its extended header, as mrcz 1.0 wrote them."""
+    raw = path.read_bytes()
+    nsymbt = struct.unpack("<i", raw[92:96])[0]
+    head = bytearray(raw[:1024])
+    head[92:96] = struct.pack("<i", len(ext))
+    head[104:108] = exttyp
+    path.write_bytes(bytes(head) + ext + raw[1024 + nsymbt:])
+
+
+@pytest.mark.parametrize("meta", [{"a": 1}, {"ab": 1}, {"abc": 1}, {"abcd": 1}, {"k": "é" * 7}])
+def test_json_extended_header_is_padded_to_four_bytes(tmp_path, rng, meta):
+    """gemmi and others expect the data on a 4-byte boundary after the extended header."""
+    frames = [rng.integers(0, 100, (6, 5)).astype(np.int16) for _ in range(3)]
+    path = tmp_path / "m.mrc"
+    mrcz.writeMRC(frames, str(path), meta=meta)
+    raw = path.read_bytes()
+    nsymbt = struct.unpack("<i", raw[92:96])[0]
+    assert nsymbt % 4 == 0 and raw[104:108] == b"json"
+    assert json.loads(raw[1024:1024 + nsymbt].decode("utf-8")) == meta
+    assert len(raw) == 1024 + nsymbt + 3 * 6 * 5 * 2
+    image, header = mrcz.readMRC(str(path))
+    np.testing.assert_array_equal(np.stack(image), np.stack(frames))
+    assert {k: header[k] for k in meta} == meta
+
+
+@pytest.mark.parametrize("layout", ["image", "volume", "frames"])
+def test_plain_file_without_meta_has_no_extended_header(tmp_path, rng, layout):
+    data = rng.integers(0, 100, (3, 6, 5)).astype(np.int16)
+    image = {"image": data[0], "volume": data, "frames": list(data)}[layout]
+    path = tmp_path / "p.mrc"
+    mrcz.writeMRC(image, str(path))
+    raw = path.read_bytes()
+    assert struct.unpack("<i", raw[92:96])[0] == 0
+    assert raw[104:108] != b"json"
+    got, _ = mrcz.readMRC(str(path))
+    assert isinstance(got, list) == (layout == "frames")
+
+
+@pytest.mark.parametrize("ext,meta", [
+    (b'{"slices":1}', {}),                      # 1.0's stacks without meta
+    (b'{"abc":"x","slices":1}', {"abc": "x"}),  # with meta: 22 bytes, not 4-aligned
+])
+def test_stacks_written_by_1_0_read_as_before(tmp_path, rng, ext, meta):
+    frames = [rng.integers(0, 100, (6, 5)).astype(np.int16) for _ in range(3)]
+    path = tmp_path / "old.mrc"
+    mrcz.writeMRC(frames, str(path))
+    with_extended_header(path, ext)
+    image, header = mrcz.readMRC(str(path))
+    assert isinstance(image, list) and len(image) == 3
+    np.testing.assert_array_equal(np.stack(image), np.stack(frames))
+    assert header["extendedBytes"] == len(ext) and header["metaId"] == b"json"
+    assert {k: header[k] for k in meta} == meta
+
+
+def test_odd_length_json_of_1_0_reads_as_before(tmp_path, rng):
+    volume = rng.integers(0, 100, (3, 6, 5)).astype(np.int16)
+    path = tmp_path / "old.mrc"
+    mrcz.writeMRC(volume, str(path))
+    with_extended_header(path, b'{"a":1}')  # 7 bytes: the data start unaligned
+    image, header = mrcz.readMRC(str(path))
+    np.testing.assert_array_equal(image, volume)
+    assert header["a"] == 1 and header["extendedBytes"] == 7
+
+
+def test_header_dict_answers_extras_without_storing_them(tmp_path, rng):
+    path = tmp_path / "z.mrcz"
+    mrcz.writeMRC(rng.integers(0, 9, (2, 8, 8)).astype(np.int8), str(path), compressor="zstd",
+                  clevel=3)
+    _, header = mrcz.readMRC(str(path))
+    extras = {"endian": "le", "fileConvention": "ccpem", "clevel": 3, "bloscFormat": 1,
+              "backend": "blosc1"}
+    assert {k: header[k] for k in extras} == extras
+    assert isinstance(header.get("rmsImage"), float)
+    assert not set(extras) & set(header) and not set(extras) & set(header.copy())
+    assert header.get("no such key", "d") == "d"
+    with pytest.raises(KeyError):
+        header["no such key"]
+    again = pickle.loads(pickle.dumps(header))
+    assert again["clevel"] == 3 and list(again) == list(header)
