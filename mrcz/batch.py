@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wholefile
+from . import carry, wholefile
 from .atomic import atomic_output
 from .dm import dm_header_for_mrc, readDM
 from .errors import MRCZError
@@ -89,7 +89,9 @@ ProgressCallback = Callable[[Result, int, int], None]
 def convert_file(job: Job, n_threads: int = 1) -> None:
     """Convert ``job.source`` (MRC, MRCZ, ``.gz/.bz2/.zst``, DM3/DM4) to ``job.target``.
 
-    Voxel size, voltage, C3, gain and the JSON metadata carry over. Large inputs
+    The source's header carries over as ``mrcz compress`` carries it (voxel size,
+    voltage, C3, gain, JSON metadata and, through :mod:`mrcz.carry`, every field
+    the data do not decide), so outputs are byte-identical to the command's. Large inputs
     are read frame by frame while the output is written (bounded memory); the
     output appears only once it is complete. ``n_threads``: frames compressed at once.
     """
@@ -109,13 +111,14 @@ def _load(source: str) -> tuple[Any, dict]:
     with open_for_read(source) as f:
         info, meta = read_header_and_meta(f, source)
     image, header = readMRC(source, useMemmap=wholefile.detect(magic) is None)
+    template = carry.of_file(source, open_for_read)  # the rest of the source's header
     kwargs: dict = {"pixelsize": header["pixelsize"], "pixelunits": ANGSTROM,
-                    "endian": header["endian"]}
-    if meta:
+                    "endian": header["endian"], "template": template}
+    if info.extended_bytes and info.record["exttyp"] == b"json":
         kwargs["meta"] = meta
-    if info.mrcz_version is not None:  # other writers leave these words undefined
-        kwargs.update(voltage=header["voltage"], C3=header["C3"], gain=header["gain"] or 1.0)
-    return image, kwargs
+    if template.holds_microscope_values:  # other writers leave these words undefined
+        kwargs.update(voltage=header["voltage"], C3=header["C3"], gain=header["gain"] or None)
+    return image, {key: value for key, value in kwargs.items() if value is not None}
 
 
 def verify_output(job: Job, sha256: str = "") -> str | None:

@@ -340,6 +340,24 @@ def test_batch_lists_failures_and_redoes_bad_outputs(tmp_path, rng):
                                       mrcz.readMRC(source)[0])
 
 
+def test_batch_outputs_equal_the_compress_command(tmp_path, rng, corpus):
+    from mrcz.cli import main
+
+    sources = write_movies(tmp_path / "in", 2, rng)
+    sources += [corpus / "mrcfile" / "mrcfile_exthdr.mrc", corpus / "emdb" / "emd_3001.map.gz"]
+    by_command, by_batch = tmp_path / "command", tmp_path / "batch"
+    by_command.mkdir(), by_batch.mkdir()
+    assert main(["compress", "-o", str(by_command), *map(str, sources)]) == 0
+    targets = [by_batch / p.name for p in sorted(by_command.iterdir())]
+    assert len(targets) == len(sources)
+    pairs = {p.name.split(".")[0]: p for p in sources}
+    batch_jobs = [Job(str(pairs[t.name.split(".")[0]]), str(t)) for t in targets]
+    assert all(r.status == "done" for r in convert_files(batch_jobs, scheduler=None,
+                                                        progress=lambda *a: None))
+    for target in targets:
+        assert target.read_bytes() == (by_command / target.name).read_bytes(), target.name
+
+
 def test_batch_keeps_the_header(tmp_path, rng):
     (source,) = write_movies(tmp_path / "in", 1, rng)
     target = tmp_path / "movie.mrc.gz"
