@@ -86,9 +86,27 @@ class FrameAppender:
             return
         in_memory = isinstance(items, np.ndarray) or (
             isinstance(items, (list, tuple)) and all(isinstance(i, np.ndarray) for i in items))
+        z_chunks = getattr(items, "chunks", None)
+        if not in_memory and hasattr(items, "blocks") and z_chunks and max(z_chunks[0]) > 1:
+            self._put_blocks(items)
+            return
         try:
             for z in range(source.shape[0]):
                 self.put(source.get(z) if in_memory else functools.partial(source.get, z))
+            self.finish()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _put_blocks(self, array: Any) -> None:
+        """Put a dask array whose chunks hold several z-slices: each chunk is computed
+        once (by dask, while the pool compresses the previous one's slices), never
+        once per slice. Held at a time: the chunk being computed and the chunks of the
+        slices in flight (at most ``2 * n_threads`` slices)."""
+        try:
+            for block in range(len(array.chunks[0])):
+                for frame in np.asarray(array.blocks[block]):
+                    self.put(frame)
             self.finish()
         except BaseException:
             self.cancel()

@@ -203,6 +203,26 @@ def test_writing_a_dask_array_gives_the_same_file(tmp_path, rng):
     assert (tmp_path / "from_dask.mrcz").read_bytes() == (tmp_path / "from_numpy.mrcz").read_bytes()
 
 
+@needs_dask
+def test_writing_a_dask_array_computes_each_chunk_once(tmp_path, rng):
+    import dask
+    import dask.array as da
+
+    data = movie(rng)
+    computed = []
+
+    def double(block):
+        computed.append(block.shape[0])
+        return block * 2
+
+    array = da.from_array(data, chunks=(4, 48, 80)).map_blocks(double, dtype=data.dtype)
+    computed.clear()  # dask may call it on an empty block to learn the result's type
+    with dask.config.set(scheduler="threads"):  # in this process, even with a Client alive
+        mrcz.writeMRC(array, tmp_path / "twice.mrcz", compressor="zstd")
+    assert sorted(n for n in computed if n) == [1, 1, 4, 4, 4, 4]  # 3 z-chunks x 2 y-chunks
+    np.testing.assert_array_equal(mrcz.readMRC(tmp_path / "twice.mrcz")[0], data * 2)
+
+
 def test_to_dask_rejects_bad_chunking(tmp_path, rng):
     pytest.importorskip("dask", reason=INSTALL_DASK)
     mrcz.writeMRC(movie(rng), tmp_path / "m.mrcz", compressor="zstd")
