@@ -36,17 +36,21 @@ __all__ = [
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
     "DMFrameReader", "iter_dm_frames",
     "MrcFile", "open", "new", "read", "write", "mmap", "new_mmap", "open_async", "validate",
-]
+]  # to_dask is left out: ``from mrcz import *`` must not need the optional dask
 
 _DM_NAMES = frozenset({"readDM", "readDM4", "read_dm", "read_dm4", "DMFrameReader",
                        "iter_dm_frames", "dm_header_for_mrc"})
 
 
 def __getattr__(name: str):
-    """Import the DM reader on first use (it is not needed to read MRC files)."""
+    """Import the DM reader, and dask for ``to_dask``, on first use (neither is needed to
+    read MRC files)."""
     if name in _DM_NAMES:
         from . import dm
         return getattr(dm, name)
+    if name == "to_dask":
+        from .todask import to_dask
+        return to_dask
     raise AttributeError(f"module 'mrcz' has no attribute {name!r}")
 
 

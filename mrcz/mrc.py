@@ -10,9 +10,12 @@ import numpy as np
 
 from . import carry, codec, frameindex, header as hdr, meta as jsonmeta
 from .casting import check_casting
+from .decode import to_native, unpack_uint4
 from .fileops import atomic_output
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError, describe
+from .framespans import index_frames
 from .frames import WRITABLE_MODES, FrameSource, frame_source
+from .lazy import LazyFrames
 from .stats import Stats
 from .version import __version__
 from .workers import CORES, ordered_map
@@ -316,28 +319,11 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, name: str) -> np.ndarray:
                           "header?") from None
 
 
-def _unpack_uint4(packed: np.ndarray, nx: int) -> np.ndarray:
-    """Two pixels per byte, the even pixel in the low nibble; rows padded to whole bytes."""
-    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
-    np.bitwise_and(packed, 0x0F, out=out[..., 0::2])
-    np.right_shift(packed, 4, out=out[..., 1::2])
-    return out[..., :nx]
-
-
-def _to_native(data: np.ndarray, info: hdr.HeaderInfo) -> np.ndarray:
-    """Convert stored values to what the caller gets: native byte order, real dtypes."""
-    if info.dtype.names:  # mode 3: complex int16
-        return (data["re"] + 1j * data["im"].astype(np.float32)).astype(np.complex64)
-    if info.widened_uint8:
-        return data.astype(np.uint8)
-    if not data.dtype.isnative:
-        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
-    return data
-
-
 def _arrange(data: np.ndarray, info: hdr.HeaderInfo, slices: int,
              whole_file: bool) -> np.ndarray | list[np.ndarray]:
     """Shape the slices as the caller expects: array, volume stack or list of frames."""
+    if isinstance(data, LazyFrames):
+        return _arrange_lazy(data, slices)
     if slices == 1:
         return list(data)
     if slices > 1:
@@ -347,6 +333,15 @@ def _arrange(data: np.ndarray, info: hdr.HeaderInfo, slices: int,
             and not info.legacy_mrcz and 0 < mz < data.shape[0] and data.shape[0] % mz == 0):
         return data.reshape(data.shape[0] // mz, mz, *data.shape[1:])
     return data[0] if data.shape[0] == 1 else data
+
+
+def _arrange_lazy(data: LazyFrames, slices: int) -> LazyFrames | list[LazyFrames]:
+    """As :func:`_arrange`, with lazy views for the frames (nothing is read)."""
+    if slices == 1:
+        return [data.frame(k) for k in range(len(data))]
+    if slices > 1:
+        return [data.frames(k, slices) for k in range(0, len(data), slices)]
+    return data.frame(0) if len(data) == 1 else data
 
 
 def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = None,
@@ -366,7 +361,9 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     pixelunits : units of the returned ``pixelsize``: ``'\AA'``, ``'nm'``, ``'\mum'``
         or ``'pm'``.
     fileConvention : ``'ccpem'`` (MRC2014) or ``'eman2'`` mode numbers.
-    useMemmap : return a copy-on-write ``numpy.memmap`` of a plain file.
+    useMemmap : return a copy-on-write ``numpy.memmap`` of a plain file, and a
+        read-only :class:`~mrcz.lazy.LazyFrames` of a compressed one (indexing it
+        decompresses only the slices asked for; lists of frames are lists of views).
     n_threads : frames decompressed in parallel (default: the number of cores).
     slices : z-slices per returned frame (0: one array, k: a list of k-slice frames);
         by default what the file records.
@@ -412,6 +409,9 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
             data = np.memmap(MRCfilename, dtype=info.dtype, mode="c",
                              offset=info.data_offset + first * ny * nx * info.dtype.itemsize,
                              shape=(count, ny, nx))
+        elif info.compressor is not None and useMemmap and not permissive:
+            data = LazyFrames(index_frames(MRCfilename, convention).select(first, count))
+            chunk_version = _first_chunk_version(f, info)
         elif info.compressor is not None:
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
@@ -430,12 +430,12 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
         elif info.mode == hdr.MODE_UINT4:
             packed = _allocate((count, ny, (nx + 1) // 2), np.dtype(np.uint8), name)
             _read_plain(f, info, first, count, packed, name)
-            data = _unpack_uint4(packed, nx)
+            data = unpack_uint4(packed, nx)
         else:
             data = _decode_target(out, (count, ny, nx), info, name)
             _read_plain(f, info, first, count, data, name)
-    if not isinstance(data, np.memmap):
-        data = _to_native(data, info)
+    if not isinstance(data, (np.memmap, LazyFrames)):
+        data = to_native(data, info.widened_uint8)
     if out is not None and not np.shares_memory(data, out):
         target = out.reshape(-1, ny, nx)[:data.shape[0]]
         target[...] = data.reshape(target.shape)

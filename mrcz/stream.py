@@ -31,8 +31,9 @@ from .casting import check_casting, check_values
 from .fileops import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
+from .decode import to_native, unpack_uint4
 from .mrc import (ANGSTROM, _check_compressor, _check_plain_size, _set_stats, _stored_slice,
-                  _to_native, _unpack_uint4, header_dict, open_for_read, read_header_and_meta)
+                  header_dict, open_for_read, read_header_and_meta)
 from .stats import Stats
 from .workers import Pipeline, ordered_map
 
@@ -122,9 +123,27 @@ class FrameAppender:
             return
         in_memory = isinstance(items, np.ndarray) or (
             isinstance(items, (list, tuple)) and all(isinstance(i, np.ndarray) for i in items))
+        z_chunks = getattr(items, "chunks", None)
+        if not in_memory and hasattr(items, "blocks") and z_chunks and max(z_chunks[0]) > 1:
+            self._put_blocks(items)
+            return
         try:
             for z in range(source.shape[0]):
                 self.put(source.get(z) if in_memory else functools.partial(source.get, z))
+            self.finish()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _put_blocks(self, array: Any) -> None:
+        """Put a dask array whose chunks hold several z-slices: each chunk is computed
+        once (by dask, while the pool compresses the previous one's slices), never
+        once per slice. Held at a time: the chunk being computed and the chunks of the
+        slices in flight (at most ``2 * n_threads`` slices)."""
+        try:
+            for block in range(len(array.chunks[0])):
+                for frame in np.asarray(array.blocks[block]):
+                    self.put(frame)
             self.finish()
         except BaseException:
             self.cancel()
@@ -410,6 +429,8 @@ class MRCZReader:
     inside gzip, bzip2 or zstd can be read forward only. With ``verify`` (the
     default) every compressed slice read is checked against the CRC-32C of the
     file's frame index; a file with an index finds any slice in one read.
+    A reader opened by path pickles (the copy reopens the file by that absolute
+    path).
     """
 
     def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
@@ -418,6 +439,8 @@ class MRCZReader:
         self.name = describe(path)
         self._verify = verify
         self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+        self._reopen_args = (os.path.abspath(os.fspath(path)), n_threads, pixelunits,
+                             fileConvention)
         self._f = open_for_read(path)
         try:
             self._open(pixelunits, fileConvention.lower())
@@ -501,8 +524,8 @@ class MRCZReader:
         else:
             self._read_plain(k, raw)
         if not direct:
-            raw = _unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
-            out[...] = _to_native(raw, info)
+            raw = unpack_uint4(raw, self.shape[2]) if info.mode == hdr.MODE_UINT4 else raw
+            out[...] = to_native(raw, info.widened_uint8)
         return out
 
     def _raw_shape(self) -> tuple[int, int]:
@@ -529,6 +552,10 @@ class MRCZReader:
 
     def close(self) -> None:
         self._f.close()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        """Pickle by name: the copy reopens the file (and walks its index again)."""
+        return MRCZReader, self._reopen_args
 
     def __enter__(self) -> MRCZReader:
         return self
