@@ -882,7 +882,47 @@ def _run_conversions(args: argparse.Namespace, compressor: str | None, suffix: s
                           args.verify, getattr(args, "auto_dtype", False),
                           args.skip_existing,
                           SHUFFLE_CHOICES[getattr(args, "shuffle", "bit")]))
+    if getattr(args, "scheduler", None):
+        return run_on_scheduler(tasks, args, label)
     return run_tasks(tasks, jobs, label, args)
+
+
+def run_on_scheduler(tasks: Sequence[Task], args: argparse.Namespace, label: str) -> int:
+    """Run the conversions as one dask.distributed task per file (``--scheduler``)."""
+    if args.verify or getattr(args, "auto_dtype", False) or \
+            getattr(args, "shuffle", "bit") != "bit":
+        raise UsageError("--scheduler converts with the default settings; --verify, "
+                         "--auto-dtype and --shuffle run without it")
+    from . import batch  # dask.distributed is imported there only for a cluster run
+
+    jobs = [batch.Job(t.source, t.target, t.compressor, t.clevel) for t in tasks]
+    local = args.scheduler == "local"
+    start = time.perf_counter()
+    try:
+        results = batch.convert_files(
+            jobs, scheduler=args.scheduler, skip_existing=args.skip_existing,
+            overwrite=args.force, manifest=args.manifest, threads_per_worker=1,
+            n_workers=args.jobs if local and args.jobs > 1 else None,
+            progress=(lambda *_: None) if args.quiet or args.json else None)
+    except ImportError as err:
+        raise CommandError(f'--scheduler needs dask.distributed ({err}): '
+                           'pip install "mrcz[dask]"') from None
+    records = [{"file": r.source, "output": r.target, "status": r.status,
+                "error": r.error or None, "bytes_in": r.source_bytes,
+                "bytes_out": r.target_bytes, "seconds": round(r.seconds, 3)}
+               for r in results]
+    counts = {status: sum(r.status == status for r in results)
+              for status in ("done", "skipped", "failed")}
+    if args.json:
+        print_json(records)
+    for record in records:
+        if record["error"]:
+            print(f"mrcz {label}: {record['file']}: {record['error']}", file=sys.stderr)
+    if not args.quiet:
+        print(f"mrcz {label}: {counts['done']} done, {counts['skipped']} skipped, "
+              f"{counts['failed']} failed on {args.scheduler}, "
+              f"{time.perf_counter() - start:.1f} s wall time", file=sys.stderr)
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
 # ============================================================================= info
@@ -1449,6 +1489,13 @@ def _add_writing(p: argparse.ArgumentParser, compressor: bool, many: bool) -> No
     if many:
         p.add_argument("-j", "--jobs", type=_positive, default=1,
                        help="files processed at once in worker processes (default 1)")
+        p.add_argument("--scheduler", metavar="ADDRESS",
+                       help="one dask.distributed task per file: 'local' (a LocalCluster "
+                            "of -j workers) or a scheduler address such as "
+                            "tcp://host:8786 (needs the 'dask' extra)")
+        p.add_argument("--manifest", metavar="FILE",
+                       help="with --scheduler: a CSV (.csv) or JSON manifest of every file, "
+                            "written as files finish")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per file")
     _add_json_quiet(p)
 

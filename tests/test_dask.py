@@ -425,3 +425,32 @@ def test_napari_reader_gives_lazy_scaled_layers(tmp_path, rng, corpus):
     ((array, attributes, _),) = get_reader(str(dm))(str(dm))
     np.testing.assert_array_equal(array.compute(scheduler="sync"), np.load(f"{dm}.npy"))
     assert len(attributes["scale"]) == array.ndim
+
+
+@needs_distributed
+def test_command_line_scheduler_local_matches_serial(tmp_path, rng, capsys):
+    """``mrcz compress --scheduler local`` on 20 movies: the serial command's bytes; a
+    rerun with --skip-existing skips them all; the manifest lists all 20."""
+    from mrcz.cli import main
+
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    for i in range(20):
+        mrcz.writeMRC(movie(rng, frames=3, shape=(48, 40)), folder / f"m{i:02d}.mrc",
+                      pixelsize=1.2)
+    assert main(["compress", str(folder), "-o", str(tmp_path / "serial"), "-q"]) == 0
+    manifest = tmp_path / "manifest.csv"
+    argv = ["compress", str(folder), "-o", str(tmp_path / "cluster"), "--scheduler", "local",
+            "-j", "2", "--manifest", str(manifest), "-q"]
+    assert main(argv) == 0
+    for serial in sorted((tmp_path / "serial").iterdir()):
+        assert (tmp_path / "cluster" / serial.name).read_bytes() == serial.read_bytes()
+    (tmp_path / "cluster" / "m07.mrcz").unlink()
+    capsys.readouterr()
+    assert main(argv + ["--skip-existing", "--json"]) == 0
+    statuses = [r["status"] for r in json.loads(capsys.readouterr().out)]
+    assert statuses.count("skipped") == 19 and statuses[7] == "done"
+    rows = read_manifest(manifest)
+    assert len(rows) == 20
+    assert (tmp_path / "cluster" / "m07.mrcz").read_bytes() == \
+        (tmp_path / "serial" / "m07.mrcz").read_bytes()
