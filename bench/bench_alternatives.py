@@ -1,8 +1,8 @@
 """mrcz against what a user could pick instead, on the same counted movie in the same run.
 
-Alternatives (installed in their own venv, ``MRCZ_BENCH_ALTERNATIVES``, default
-/work/venvs/bench: ``pip install blosc2 h5py hdf5plugin zarr tifffile
-imagecodecs``): blosc2 NDArray (zstd 1, bit-shuffle, chunk = frame), HDF5 via
+Alternatives (installed in a venv of their own, whose python
+``MRCZ_BENCH_ALTERNATIVES`` names: ``pip install blosc2 h5py hdf5plugin zarr
+tifffile imagecodecs``): blosc2 NDArray (zstd 1, bit-shuffle, chunk = frame), HDF5 via
 h5py + hdf5plugin (Blosc zstd 1 bit-shuffle, one chunk per frame), zarr v3
 (BloscCodec zstd 1 bit-shuffle, chunk = frame), TIFF with zstd 1 and with LZW
 (tifffile, one page per frame), a whole-file ``.mrc.zst`` (zstd 1), and the

@@ -13,7 +13,7 @@
 Usage::
 
     python bench/bench_index.py [--frames 16] [--repeats 5] [--particles 10000]
-                                [--tmp /work/bench_tmp]
+                                [--tmp DIR]
 
 CPU time is the process's (all threads); wall time is printed beside it. The
 machine has 2 cores shared with other jobs: the load average is printed.

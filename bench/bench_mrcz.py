@@ -11,8 +11,8 @@ stream through MRCZWriter / MRCZReader with its peak RSS.
 
 Usage::
 
-    python bench/bench_mrcz.py [--quick] [--repeats 3] [--tmp /work/bench_tmp]
-                               [--original-python /work/venvs/orig/bin/python]
+    python bench/bench_mrcz.py [--quick] [--repeats 3] [--tmp DIR]
+                               [--original-python PATH]
                                [--no-stream] [--plot docs/_static/bench_mrcz.png]
     python bench/bench_mrcz.py blocksize [--quick]     # the block-size sweep
 """
