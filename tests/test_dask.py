@@ -11,6 +11,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -454,3 +455,46 @@ def test_command_line_scheduler_local_matches_serial(tmp_path, rng, capsys):
     assert len(rows) == 20
     assert (tmp_path / "cluster" / "m07.mrcz").read_bytes() == \
         (tmp_path / "serial" / "m07.mrcz").read_bytes()
+
+
+@needs_distributed
+def test_command_line_scheduler_killed_and_rerun(tmp_path, rng):
+    """``mrcz compress --scheduler local`` killed half way (SIGKILL to its process group),
+    rerun with --skip-existing: only the rest is converted; outputs equal the serial
+    command's and the manifest lists all 20."""
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    for i in range(20):
+        frames = rng.normal(0, 1, (8, 512, 512)).astype(np.float32)
+        mrcz.writeMRC(frames, folder / f"m{i:02d}.mrc")
+    cluster, manifest = tmp_path / "cluster", tmp_path / "manifest.csv"
+    argv = [sys.executable, "-m", "mrcz", "compress", str(folder), "-o", str(cluster),
+            "--clevel", "9", "--scheduler", "local", "-j", "2", "--manifest", str(manifest),
+            "-q"]
+    env = {**os.environ, "PYTHONPATH": str(Path(mrcz.__file__).parent.parent)}
+    run = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        while run.poll() is None and not (manifest.exists()
+                                          and len(read_manifest(manifest)) >= 3):
+            time.sleep(0.02)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finished = {row.source for row in read_manifest(manifest)}
+    assert 3 <= len(finished) < 20, "the run ended before it could be killed"
+    kept = {p.name: p.stat().st_mtime_ns for p in cluster.glob("*.mrcz")}
+    rerun = subprocess.run(argv + ["--skip-existing", "--json"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = {Path(r["file"]).name: r["status"] for r in json.loads(rerun.stdout)}
+    assert {n for n, s in statuses.items() if s == "skipped"} == {Path(f).name for f in finished}
+    assert all(s in ("done", "skipped") for s in statuses.values())
+    assert all(cluster.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items()
+               if n.replace(".mrcz", ".mrc") in {Path(f).name for f in finished})
+    assert len(read_manifest(manifest)) == 20
+    serial = tmp_path / "serial"
+    assert subprocess.run([sys.executable, "-m", "mrcz", "compress", str(folder), "-o",
+                           str(serial), "--clevel", "9", "-q"], env=env).returncode == 0
+    for path in sorted(serial.iterdir()):
+        assert (cluster / path.name).read_bytes() == path.read_bytes()
