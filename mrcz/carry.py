@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -74,7 +75,7 @@ class Template:
         are another program's bytes (kept there, or displaced into the JSON)."""
         return _ours(self) and "bytes_132_151" not in self.earlier
 
-    @property
+    @functools.cached_property
     def earlier(self) -> dict:
         """What an earlier conversion displaced into this file's JSON (or ``{}``)."""
         if not self.json_extended or not self.extended:

@@ -1523,9 +1523,7 @@ def add_validate_parser(sub: Any) -> None:
                    help="skip reading the data (no statistics check)")
     p.add_argument("--deep", action="store_true",
                    help="also decode every frame (`mrcz verify` does the same)")
-    _add_walking(p)
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON list with one record (status, error, ...) per file")
+    _add_checking(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -1533,10 +1531,15 @@ def add_verify_parser(sub: Any) -> None:
     p = sub.add_parser("verify", help="validate --deep: decode and check every frame and "
                        "each file's checksums (exit 1 if any is invalid)")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to check")
+    _add_checking(p)
+    p.set_defaults(func=cmd_validate, deep=True, quick=False)
+
+
+def _add_checking(p: argparse.ArgumentParser) -> None:
+    """Folder walking and --json, shared by validate and verify."""
     _add_walking(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list with one record (status, error, ...) per file")
-    p.set_defaults(func=cmd_validate, deep=True, quick=False)
 
 
 def add_index_parser(sub: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import builtins
 import concurrent.futures
+import contextlib
 import os
 import sys
 import tempfile
@@ -27,8 +28,7 @@ from . import carry, header as hdr, meta as jsonmeta, wholefile
 from .fileops import atomic_output
 from .errors import FormatError, MRCZError
 from .mrc import readMRC, writeMRC
-from .mrcobject import (MrcObject, as_mrcfile_record, data_dtype, data_shape,
-                        new_header_record)
+from .mrcobject import DTYPE_OF_MODE, MrcObject, as_mrcfile_record, data_dtype, data_shape
 from .validate import is_valid, validate_file
 from .version import __version__
 
@@ -75,7 +75,7 @@ class MrcFile(MrcObject):
             raise ValueError(f"File '{self.name}' already exists; set overwrite=True to "
                              "overwrite it")
         if self._stream is None:
-            self.compression = self.compression or _whole_file_codec(self.name)
+            self.compression = self.compression or wholefile.codec_for_name(self.name)
             if self.compressor is None and self.name.lower().endswith(".mrcz"):
                 self.compressor = "zstd"
         if self.compressor and self.compression:
@@ -123,11 +123,10 @@ class MrcFile(MrcObject):
             self._spooled = data
             return data
         with builtins.open(self.name, "rb") as f:
-            codec = wholefile.detect(f.read(4))
-        self.compression = {"bz2": "bzip2"}.get(codec, codec)
-        if codec is None:
-            with builtins.open(self.name, "rb") as f:
-                return f.read(hdr.HEADER_BYTES)
+            head = f.read(hdr.HEADER_BYTES)
+        self.compression = wholefile.detect(head[:4])  # 'gzip', 'bzip2', 'zstd' or None
+        if self.compression is None:
+            return head
         with wholefile.open_for_read(self.name) as f:
             return f.read()
 
@@ -238,7 +237,7 @@ class MrcFile(MrcObject):
     def _readable(self):
         """A path readMRC can open: the file, or a temporary copy of a stream."""
         if self._stream is None:
-            return _Path(self.name)
+            return contextlib.nullcontext(self.name)
         return _Spool(self._spooled)
 
     def __len__(self) -> int:
@@ -372,17 +371,6 @@ class MrcFile(MrcObject):
         return validate(self.name, print_file)
 
 
-class _Path:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __enter__(self) -> str:
-        return self.path
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 class _Spool:
     """A temporary file holding bytes read from a stream."""
 
@@ -397,11 +385,6 @@ class _Spool:
 
     def __exit__(self, *exc: Any) -> None:
         os.unlink(self.path)
-
-
-def _whole_file_codec(name: str) -> str | None:
-    codec = wholefile.codec_for_name(name)
-    return {"bz2": "bzip2"}.get(codec, codec)
 
 
 def _reopen(name: str, mode: str, permissive: bool, header_only: bool,
@@ -473,8 +456,6 @@ def mmap(name: str | os.PathLike, mode: str = "r", permissive: bool = False) -> 
 def new_mmap(name: str | os.PathLike, shape: tuple[int, ...], mrc_mode: int = 0,
              fill: float | None = None, overwrite: bool = False) -> MrcFile:
     """A new plain file of ``shape`` and MRC mode ``mrc_mode``, opened as a memory map."""
-    from .mrcobject import DTYPE_OF_MODE
-
     if mrc_mode not in DTYPE_OF_MODE:
         raise ValueError(f"unknown MRC mode {mrc_mode}; known: {sorted(DTYPE_OF_MODE)}")
     with new(name, overwrite=overwrite) as mrc:

@@ -520,18 +520,24 @@ mrcz.writeMRC(Slow(), {path!r}, n_threads=1)
 """
 
 
-def test_kill_9_leftover_removed_by_next_write_and_clean(tmp_path):
-    path = tmp_path / "k.mrc"
-    mrcz.writeMRC(np.zeros((2, 2), np.int8), path)
-    before = path.read_bytes()
+def kill_writer_midway(path) -> int:
+    """Start a writer of ``path``, kill -9 it while it writes; returns its pid."""
     proc = subprocess.Popen([sys.executable, "-c",
                              KILLED_WRITER.format(repo=str(REPO), path=str(path))],
                             stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"writing"
     proc.kill()
     proc.wait(10)
+    return proc.pid
+
+
+def test_kill_9_leftover_removed_by_next_write_and_clean(tmp_path):
+    path = tmp_path / "k.mrc"
+    mrcz.writeMRC(np.zeros((2, 2), np.int8), path)
+    before = path.read_bytes()
+    pid = kill_writer_midway(path)
     dead = leftovers(tmp_path)
-    assert len(dead) == 1 and f".mrcz-partial.{proc.pid}." in dead[0]
+    assert len(dead) == 1 and f".mrcz-partial.{pid}." in dead[0]
     assert path.read_bytes() == before  # never replaced by the killed writer
     # a live writer's temp file stays
     with fileops.atomic_output(tmp_path / "other.mrc", clean=False) as f:
@@ -542,12 +548,7 @@ def test_kill_9_leftover_removed_by_next_write_and_clean(tmp_path):
         assert [p.name for p in removed] == dead and live.exists()
     assert leftovers(tmp_path) == []
     # and the next write into the folder removes leftovers by itself
-    proc = subprocess.Popen([sys.executable, "-c",
-                             KILLED_WRITER.format(repo=str(REPO), path=str(path))],
-                            stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"writing"
-    proc.kill()
-    proc.wait(10)
+    kill_writer_midway(path)
     assert len(leftovers(tmp_path)) == 1
     fileops._last_scan.clear()
     mrcz.writeMRC(np.ones((2, 2), np.int8), tmp_path / "next.mrc")
