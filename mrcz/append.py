@@ -14,9 +14,9 @@ from .casting import check_values
 from .errors import FormatError, UnsupportedError
 from .fileops import named_error, open_for_update
 from .frames import FrameSource
-from .mrc import _set_stats, read_header_and_meta
+from .reader import read_header_and_meta
 from .stats import Stats
-from .stream import FrameAppender
+from .writer import FrameAppender, put_stats
 
 
 def _old_stats(info: hdr.HeaderInfo) -> Stats:
@@ -86,7 +86,7 @@ def _update(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
         if nz == 1 < new_nz and info.written_by_us and info.compressor is None:
             rec["ispg"] = 1  # an image grown into a stack reads back as an array
         rec["nz"] = new_nz
-        _set_stats(rec, stats)
+        put_stats(rec, stats)
         f.seek(0)
         f.write(rec.tobytes())
 

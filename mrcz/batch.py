@@ -31,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from . import carry, wholefile
+from . import wholefile
 from .fileops import atomic_output
 from .dm import dm_header_for_mrc, readDM
 from .errors import MRCZError
 from .framespans import index_frames
-from .mrc import ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader, writeMRC
+from .mrc import readMRCHeader, writeMRC
+from .reader import MRCSource, read_image
+from .units import ANGSTROM
 from .progress import Progress
 
 __all__ = ["Job", "Result", "convert_files", "convert_file", "verify_output", "read_manifest"]
@@ -103,15 +105,16 @@ def convert_file(job: Job, n_threads: int = 1) -> None:
 
 def _load(source: str) -> tuple[Any, dict]:
     """The image (lazy where the file allows) and writeMRC keywords that keep its header."""
-    with open(source, "rb") as f:
-        magic = f.read(4)
-    if magic in _DM_MAGICS:
+    raw = open(source, "rb")
+    if raw.read(4) in _DM_MAGICS:
+        raw.close()
         image, meta = readDM(source, lazy=True)
         return image, {"pixelunits": ANGSTROM, **dm_header_for_mrc(meta)}
-    with open_for_read(source) as f:
-        info, meta = read_header_and_meta(f, source)
-    image, header = readMRC(source, useMemmap=wholefile.detect(magic) is None)
-    template = carry.of_file(source, open_for_read)  # the rest of the source's header
+    raw.seek(0)
+    with MRCSource.wrap(raw, source) as src:  # the one open of the source
+        info, meta = src.info, src.meta
+        image, header = read_image(src, memmap=src.fd is not None)
+        template = src.template  # the rest of the source's header
     kwargs: dict = {"pixelsize": header["pixelsize"], "pixelunits": ANGSTROM,
                     "endian": header["endian"], "template": template}
     if info.extended_bytes and info.record["exttyp"] == b"json":

@@ -9,249 +9,32 @@ file renamed into place, so an interrupted acquisition leaves no file behind.
 :class:`MRCZReader` returns any z-slice of a plain or compressed file without
 loading the rest (compressed files: the chunk headers are walked once on open).
 
-:class:`FrameAppender` is the one implementation of "encode slices and append
-them to a data block" that writeMRC, writeMRC(idx=...) and MRCZWriter share, so
-they write the same bytes for the same frames.
+Both share the engine of every other reader and writer: :class:`MRCZWriter`
+appends through :class:`mrcz.writer.FrameAppender`, :class:`MRCZReader` reads
+from one :class:`mrcz.reader.MRCSource`.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
 import os
 import threading
-import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from . import codec, frameindex, header as hdr, mrc
+from . import codec, header as hdr
 from .casting import check_casting, check_values
 from .fileops import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
 from .decode import to_native, unpack_uint4
-from .mrc import (ANGSTROM, _check_compressor, _check_plain_size, _set_stats, _stored_slice,
-                  header_dict, open_for_read, read_header_and_meta)
-from .stats import Stats
-from .workers import Pipeline, ordered_map
+from .reader import MRCSource, check_plain_size
+from .units import ANGSTROM
+from .workers import ordered_map, threads
+from .writer import FrameAppender, check_compressor, plan_write, put_stats, stats_wanted
 
-__all__ = ["MRCZWriter", "MRCZReader", "iter_frames"]
-
-_TOFILE_MIN_BYTES = 2**20
-#: Slices are handed to the pool in batches of about this many bytes (bench/README.md:
-#: one task per 128^2 particle cost more CPU than its compression).
-BATCH_BYTES = 4 * 2**20
-
-
-class FrameAppender:
-    """Encode 2-D slices on the shared pool and write them, in order, to ``f``.
-
-    Each slice is cast to the stored dtype (``mode`` 101: packed two pixels per
-    byte) and, with a ``compressor``, compressed into one blosc chunk filtered as
-    ``shuffle`` says (``'auto'``: chosen from the first slice). Statistics of the
-    slices as given accumulate in ``stats`` (``with_rms``: True for all of them,
-    False without the RMS, None for none: "not known"); bytes written in
-    ``packed``. Slices smaller than :data:`BATCH_BYTES` are encoded in batches of
-    about that size per pool task, so small frames do not pay a task each.
-    """
-
-    def __init__(self, f: BinaryIO, stored: np.dtype, mode: int, compressor: str | None,
-                 clevel: int, backend: str | None, with_rms: bool | None, n_threads: int, name: str,
-                 stats: Stats | None = None, packed: int = 0, shuffle: str | None = "bit",
-                 index: frameindex.FrameIndex | None = None) -> None:
-        codec.check_shuffle(shuffle)
-        self._f = f
-        # Compressed: the chunks go into a frame index written by finish() (``index``:
-        # the chunks already in the file, for an append).
-        self._chunks = [] if index is None else index.entries.tolist()
-        self._data_offset = f.tell() - packed if compressor else None
-        self._index_bytes = 0
-        self._encode_args = stored, mode, compressor, clevel, backend, with_rms, name
-        self._shuffle = shuffle
-        self.stats = Stats() if stats is None else stats
-        self.packed = packed
-        self._queued_writes = 0
-        self._batch: list[Any] = []
-        self._batch_bytes = 0
-        self._n_threads = n_threads
-        self._pipeline = Pipeline(self._encode, self._consume, n_threads)
-
-    def put(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
-        """Queue one 2-D slice (or a function returning it, called on the pool).
-
-        A plain slice already in the stored layout is written at once, its
-        statistics gathered on the pool meanwhile.
-        """
-        if self._as_is(frame):
-            self._flush_batch()
-            if self._queued_writes:
-                self._pipeline.finish()
-            _write_array(self._f, frame)
-            self.packed += frame.nbytes
-            self._pipeline.put(([frame], False))
-            return
-        if self._shuffle == "auto":
-            frame = frame() if callable(frame) else frame
-            self._shuffle = self._choose_shuffle(frame)
-        self._batch.append(frame)
-        self._batch_bytes += frame.nbytes if isinstance(frame, np.ndarray) else BATCH_BYTES
-        if self._batch_bytes >= BATCH_BYTES:
-            self._flush_batch()
-
-    def _flush_batch(self) -> None:
-        if self._batch:
-            self._queued_writes += 1
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self._pipeline.put((batch, True))
-
-    def _choose_shuffle(self, frame: np.ndarray) -> str | None:
-        stored, mode, compressor, clevel, backend, _, name = self._encode_args
-        if not compressor:
-            return "bit"
-        data = _stored_slice(frame, stored, mode, name)
-        blocksize = codec.choose_blocksize(data.nbytes, data.dtype.itemsize, compressor)
-        return codec.choose_shuffle(data, compressor, clevel, blocksize, backend)
-
-    def put_source(self, source: FrameSource) -> None:
-        """Put every z-slice of ``source`` and finish (slices that need computing, as of
-        a dask array, are computed on the pool)."""
-        items = getattr(source, "_items", None)
-        if isinstance(items, np.ndarray) and items.ndim == 3 and self._as_is(items):
-            self._put_array(items)
-            return
-        in_memory = isinstance(items, np.ndarray) or (
-            isinstance(items, (list, tuple)) and all(isinstance(i, np.ndarray) for i in items))
-        z_chunks = getattr(items, "chunks", None)
-        if not in_memory and hasattr(items, "blocks") and z_chunks and max(z_chunks[0]) > 1:
-            self._put_blocks(items)
-            return
-        try:
-            for z in range(source.shape[0]):
-                self.put(source.get(z) if in_memory else functools.partial(source.get, z))
-            self.finish()
-        except BaseException:
-            self.cancel()
-            raise
-
-    def _put_blocks(self, array: Any) -> None:
-        """Put a dask array whose chunks hold several z-slices: each chunk is computed
-        once (by dask, while the pool compresses the previous one's slices), never
-        once per slice. Held at a time: the chunk being computed and the chunks of the
-        slices in flight (at most ``2 * n_threads`` slices)."""
-        try:
-            for block in range(len(array.chunks[0])):
-                for frame in np.asarray(array.blocks[block]):
-                    self.put(frame)
-            self.finish()
-        except BaseException:
-            self.cancel()
-            raise
-
-    def _put_array(self, array: np.ndarray) -> None:
-        """Write a plain array in one go while one pool thread gathers its statistics
-        (two would compete with the write for the cores)."""
-        self.finish()
-        with_rms = self._encode_args[5]
-        if with_rms is None:
-            self.stats.add(Stats(known=False))
-            _write_array(self._f, array)
-            self.packed += array.nbytes
-            return
-
-        def gather(frames: np.ndarray) -> None:
-            for frame in frames:
-                self.stats.add(Stats.of_frame(frame, with_rms))
-
-        stats = Pipeline(gather, lambda _: None, self._n_threads)
-        try:
-            stats.put(array)
-            _write_array(self._f, array)
-            self.packed += array.nbytes
-            stats.finish()
-        except BaseException:
-            stats.cancel()
-            raise
-
-    def finish(self) -> None:
-        """Write out every queued slice (compressed: then the frame index, ending the file)."""
-        self._flush_batch()
-        self._pipeline.finish()
-        if self._data_offset is not None:
-            trailer = frameindex.FrameIndex.of(self._chunks).pack()
-            self._f.seek(self._data_offset + self.packed)
-            self._f.write(trailer)
-            self._f.truncate()
-            self._index_bytes = len(trailer)
-
-    @property
-    def data_bytes(self) -> int:
-        """Bytes of the data block once finished: the slices and, compressed, the index."""
-        return self.packed + self._index_bytes
-
-    def cancel(self) -> None:
-        self._batch, self._batch_bytes = [], 0
-        self._pipeline.cancel()
-
-    def _as_is(self, frame: Any) -> bool:
-        stored, mode, compressor = self._encode_args[:3]
-        return (not compressor and mode != hdr.MODE_UINT4 and isinstance(frame, np.ndarray)
-                and frame.dtype == stored and frame.flags.c_contiguous)
-
-    def _encode(self, item: tuple[list[Any], bool]) -> tuple[list[Any] | None, list[Stats]]:
-        """Statistics of every slice of a batch and, when ``encode``, its encoded bytes."""
-        with_rms = self._encode_args[5]
-        frames, encode = item
-        encoded, stats = [], []
-        for frame in frames:
-            frame = frame() if callable(frame) else frame
-            stats.append(Stats(known=False) if with_rms is None
-                         else Stats.of_frame(frame, with_rms))
-            if encode:
-                encoded.append(self._encode_frame(frame))
-        return (encoded if encode else None), stats
-
-    def _encode_frame(self, frame: np.ndarray) -> bytes | memoryview:
-        stored, mode, compressor, clevel, backend, _, name = self._encode_args
-        data = _stored_slice(frame, stored, mode, name)
-        if compressor:
-            blocksize = codec.choose_blocksize(data.nbytes, data.dtype.itemsize, compressor)
-            return codec.compress_frame(data, compressor, clevel, blocksize, backend,
-                                        self._shuffle)
-        return memoryview(data.reshape(-1)).cast("B")
-
-    def _consume(self, result: tuple[list[Any] | None, list[Stats]]) -> None:
-        encoded, stats = result
-        if encoded is not None:
-            self._write(encoded)
-            self._queued_writes -= 1
-        for frame_stats in stats:
-            self.stats.add(frame_stats)
-
-    def _write(self, encoded: list[Any]) -> None:
-        """The one place where finished slices reach the file, in frame order; each
-        compressed one is entered in the frame index."""
-        if self._data_offset is not None:
-            offset = self._data_offset + self.packed
-            for data in encoded:
-                self._chunks.append((offset, len(data), frameindex.checksum(data)))
-                offset += len(data)
-        if len(encoded) > 1:  # a batch of small chunks: one write call
-            self._f.write(b"".join(encoded))
-        else:
-            self._f.write(encoded[0])
-        self.packed += sum(len(data) for data in encoded)
-
-
-def _write_array(f: BinaryIO, frame: np.ndarray) -> None:
-    """Write a contiguous array; large ones with ``tofile`` (stdio), measured 25-40% faster
-    here than ``write`` of the same buffer."""
-    if frame.nbytes >= _TOFILE_MIN_BYTES and isinstance(f, io.BufferedWriter):
-        frame.tofile(f)
-    else:
-        f.write(memoryview(frame.reshape(-1)).cast("B"))
-
+__all__ = ["MRCZWriter", "MRCZReader", "iter_frames", "FrameAppender"]
 
 # ----------------------------------------------------------------------------- writer
 
@@ -299,7 +82,7 @@ class MRCZWriter:
         self._lock = threading.Lock()
         (self._ny, self._nx), self.dtype = _template(shape, dtype, self.name)
         target = dtype if isinstance(dtype, str) and "uint4" in dtype.lower() else self.dtype
-        _check_compressor(compressor, backend, clevel)
+        check_compressor(compressor, backend, clevel)
         codec.check_shuffle(shuffle)
         if slices not in (0, 1):
             raise ValueError(f"{self.name}: slices must be 0 or 1, got {slices}")
@@ -308,10 +91,10 @@ class MRCZWriter:
         # frame, and a list of one frame (which would need its grouping in the JSON)
         # reads back as one image.
         template = FrameSource((2, self._ny, self._nx), self.dtype, slices, None, False)
-        self._plan = mrc.plan_write(template, target, self.name, meta, endian, pixelsize,
-                                    pixelunits, voltage, C3, gain, compressor, clevel)
+        self._plan = plan_write(template, target, self.name, meta, endian, pixelsize,
+                                pixelunits, voltage, C3, gain, compressor, clevel)
         stored, mode, meta_bytes = self._plan.stored, self._plan.mode, self._plan.meta_bytes
-        n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+        n_threads = threads(n_threads)
         self.nz = 0
         self._stack = contextlib.ExitStack()
         self._f = self._stack.enter_context(atomic_output(path, durable=durable))
@@ -319,7 +102,7 @@ class MRCZWriter:
         try:
             self._f.write(bytes(hdr.HEADER_BYTES) + meta_bytes)
             self._appender = FrameAppender(self._f, stored, mode, compressor, clevel, backend,
-                                           mrc.stats_wanted(quickStats, compressor),
+                                           stats_wanted(quickStats, compressor),
                                            n_threads, self.name, shuffle=shuffle)
         except BaseException as err:
             self._discard(err)
@@ -377,7 +160,7 @@ class MRCZWriter:
         rec = self._plan.header(source)
         if self._plan.compressor:
             rec["packed_bytes"] = self._appender.data_bytes
-        _set_stats(rec, self._appender.stats)
+        put_stats(rec, self._appender.stats)
         return rec
 
     def _discard(self, err: BaseException) -> None:
@@ -436,25 +219,31 @@ class MRCZReader:
     def __init__(self, path: str | os.PathLike, n_threads: int | None = None,
                  pixelunits: str = ANGSTROM, fileConvention: str = "ccpem",
                  verify: bool = True) -> None:
-        self.name = describe(path)
-        self._verify = verify
-        self._n_threads = mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
         self._reopen_args = (os.path.abspath(os.fspath(path)), n_threads, pixelunits,
-                             fileConvention)
-        self._f = open_for_read(path)
+                             fileConvention, verify)
+        src = MRCSource.open(path, fileConvention)
         try:
-            self._open(pixelunits, fileConvention.lower())
+            self._attach(src, n_threads, pixelunits, verify)
         except BaseException:
-            self._f.close()
+            src.close()
             raise
 
-    def _open(self, pixelunits: str, convention: str) -> None:
-        info, meta = read_header_and_meta(self._f, self.name, convention)
-        self._info = info
-        nz, ny, nx = info.shape
+    @classmethod
+    def of_source(cls, src: MRCSource, n_threads: int | None = None,
+                  pixelunits: str = ANGSTROM, verify: bool = True) -> MRCZReader:
+        """A reader of the already open ``src`` (closing the reader closes it)."""
+        reader = cls.__new__(cls)
+        reader._reopen_args = (src.path, n_threads, pixelunits, src.convention, verify)
+        reader._attach(src, n_threads, pixelunits, verify)
+        return reader
+
+    def _attach(self, src: MRCSource, n_threads: int | None, pixelunits: str,
+                verify: bool) -> None:
+        self.name, self.source = src.name, src
+        self._f, self._fd, self._info = src.file, src.fd, src.info
+        self._n_threads = threads(n_threads)
         self._lock = threading.Lock()
-        self._fd = self._f.fileno() if isinstance(self._f, io.BufferedReader) else None
-        version = None
+        info = src.info
         if info.compressor is not None:
             if info.mode == hdr.MODE_UINT4:
                 raise UnsupportedError(f"{self.name}: compressed uint4 (mode 101) is not "
@@ -462,17 +251,12 @@ class MRCZReader:
             if self._fd is None:
                 raise UnsupportedError(f"{self.name}: compressed MRCZ can only be read from a "
                                        "regular file")
-            table = codec.chunk_table(self._fd, info.data_offset, nz, os.fstat(self._fd).st_size,
-                                      ny * nx * info.dtype.itemsize, self.name,
-                                      verify=self._verify)
-            self._chunks, self._crcs = table.chunks, table.crcs if self._verify else None
-            if table.note:
-                warnings.warn(table.note, stacklevel=3)
-            version = os.pread(self._fd, 1, info.data_offset)[0]
+            table = src.chunk_table(verify)
+            self._chunks, self._crcs = table.chunks, table.crcs if verify else None
         else:
-            _check_plain_size(self._f, info, self.name)
-            self._slice_bytes = hdr.stored_nbytes(info) // nz
-        self.header = header_dict(info, meta, pixelunits, convention, version)
+            check_plain_size(self._f, info, self.name)
+            self._slice_bytes = hdr.stored_nbytes(info) // info.shape[0]
+        self.header = src.header_dict(pixelunits)
         self.shape = info.shape
         self.dtype = np.dtype(self.header["dtype"]).newbyteorder("=")
 

@@ -38,12 +38,13 @@ import numpy as np
 import zstandard
 
 from . import carry, header as hdr
-from . import mrc as _mrc
 from .fileops import atomic_output
 from .errors import CorruptDataError, UnsupportedError, describe
 from .frames import FrameSource, frame_source
 from .stats import Stats
-from .workers import ordered_map
+from .units import ANGSTROM
+from .workers import ordered_map, threads
+from .writer import carry_onto, check_compressor, plan_write, put_stats, stats_wanted, stored_slice
 
 #: File name endings that select a whole-file codec when writing.
 SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".zst": "zstd"}
@@ -331,13 +332,21 @@ def open_for_read(path: str | os.PathLike, memmap: bool = False) -> BinaryIO:
     UnsupportedError
         For a memory map of a compressed file, or compressed MRCZ inside one.
     """
-    raw = open(path, "rb")
+    return wrap(open(path, "rb"), describe(path), memmap)
+
+
+def wrap(raw: BinaryIO, name: str, memmap: bool = False, refuse_mrcz: bool = True) -> BinaryIO:
+    """``raw`` (a file open for binary reading, at its start) itself, or a decompressing
+    stream over it when its content is gzip, bzip2 or zstd; closes ``raw`` on error.
+
+    ``refuse_mrcz=False`` returns a stream even when it holds compressed MRCZ (which
+    cannot be read from a stream), for a caller that copies it out first.
+    """
     try:
         codec = detect(raw.read(4))
         raw.seek(0)
         if codec is None:
             return raw
-        name = describe(path)
         if memmap:
             raise UnsupportedError(f"{name}: cannot memory-map a {codec}-compressed file; "
                                    "read it with useMemmap=False")
@@ -346,7 +355,8 @@ def open_for_read(path: str | os.PathLike, memmap: bool = False) -> BinaryIO:
         raw.close()
         raise
     try:
-        _refuse_mrcz(stream, stream.peek_header(), codec, name)
+        if refuse_mrcz:
+            _refuse_mrcz(stream, stream.peek_header(), codec, name)
     except BaseException:
         stream.close()
         raise
@@ -370,7 +380,7 @@ def _plan(input_image: Any, name: str, meta: dict | None, endian: str, dtype: An
           gain: float) -> tuple[FrameSource, np.dtype, int, np.ndarray, bytes]:
     """What ``writeMRC`` decides for a plain file: source, stored dtype, mode, header, JSON."""
     source = frame_source(input_image, name)
-    plan = _mrc.plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage,
+    plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage,
                            C3, gain, None, 0)
     return source, plan.stored, plan.mode, plan.header(source), plan.meta_bytes
 
@@ -392,7 +402,7 @@ def _stored_bytes(source: FrameSource, stored: np.dtype, mode: int,
                   name: str) -> Iterator[memoryview]:
     """Each z-slice as the bytes that go on disk."""
     for z in range(source.shape[0]):
-        data = _mrc._stored_slice(source.get(z), stored, mode, name)
+        data = stored_slice(source.get(z), stored, mode, name)
         yield memoryview(data).cast("B")
 
 
@@ -473,7 +483,7 @@ def _write_zstd(f: BinaryIO, level: int, prefix: bytes, slices: Iterator[memoryv
 
 def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = None,
           endian: str = "le", dtype: Any = None, pixelsize: Any = (0.1, 0.1, 0.1),
-          pixelunits: str = _mrc.ANGSTROM, voltage: float = 0.0, C3: float = 0.0,
+          pixelunits: str = ANGSTROM, voltage: float = 0.0, C3: float = 0.0,
           gain: float = 1.0, compressor: str | None = None, clevel: int = 1,
           n_threads: int | None = None, quickStats: bool = True, idx: int | None = None,
           backend: str | None = None, template: Any = None, durable: bool = True) -> None:
@@ -494,18 +504,19 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
     if idx not in (None, 0) or (idx is not None and os.path.exists(MRCfilename)):
         raise UnsupportedError(f"{name}: idx={idx}: slices cannot be written in place into "
                                f"a {codec}-compressed file; rewrite the whole file")
-    _mrc._check_compressor(None, backend, clevel)
+    check_compressor(None, backend, clevel)
     level = check_level(codec, clevel, name)
-    n_threads = _mrc.DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+    n_threads = threads(n_threads)
     if template is not None and not isinstance(template, carry.Template):
-        template = carry.of_file(template, open_for_read)
+        raise TypeError(f"{name}: template must be a mrcz.carry.Template (writeMRC opens "
+                        "a path given as template)")
     if template is not None:
         meta = carry.output_meta(template, meta, compressed=False)
     source, stored, mode, rec, meta_bytes = _plan(input_image, name, meta, endian, dtype,
                                                   pixelsize, pixelunits, voltage, C3, gain)
     if template is not None:
-        meta_bytes = _mrc.carry_onto(template, rec, meta_bytes, False, meta, name)
-    _mrc._set_stats(rec, _gather_stats(source, _mrc.stats_wanted(quickStats, None), n_threads))
+        meta_bytes = carry_onto(template, rec, meta_bytes, False, meta, name)
+    put_stats(rec, _gather_stats(source, stats_wanted(quickStats, None), n_threads))
     if template is not None:
         carry.statistics_onto(template, rec)
     prefix = rec.tobytes() + meta_bytes

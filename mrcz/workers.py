@@ -12,9 +12,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 CORES = os.cpu_count() or 1
+_default_threads = CORES
 _in_pool = threading.local()
 _POOL = ThreadPoolExecutor(max_workers=max(2, CORES), thread_name_prefix="mrcz-codec",
                            initializer=setattr, initargs=(_in_pool, "worker", True))
+
+
+def default_threads() -> int:
+    """How many frames readers and writers handle at once when ``n_threads`` is None."""
+    return _default_threads
+
+
+def set_default_threads(n_threads: int) -> None:
+    """Set what :func:`default_threads` returns (at least 1)."""
+    global _default_threads
+    if int(n_threads) < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    _default_threads = int(n_threads)
+
+
+def threads(n_threads: int | None) -> int:
+    """``n_threads`` as a count of at least 1; None means :func:`default_threads`."""
+    return _default_threads if n_threads is None else max(1, int(n_threads))
 
 
 def _submit(func: Callable[[T], R], item: T) -> Future:
