@@ -3,10 +3,10 @@ from importlib.util import find_spec as _find_spec
 
 from .codec import BLOSC1_CODECS
 from .errors import CorruptDataError, FormatError, MRCZError, UnsupportedError
-from .futures import (AsyncQueueFull, _asyncExecutor, _setAsyncWorkers, aread_dm4, aread_mrc,
-                      async_read_dm4, async_read_mrc, async_status, async_write_mrc,
-                      asyncReadDM4, asyncReadMRC, asyncStatus, asyncWriteMRC, awrite_mrc,
-                      flush_async, flushAsync, set_async_limits, setAsyncLimits)
+from .futures import (AsyncQueueFull, aread_dm4, aread_mrc, async_executor, async_read_dm4,
+                      async_read_mrc, async_status, async_write_mrc, asyncReadDM4, asyncReadMRC,
+                      asyncStatus, asyncWriteMRC, awrite_mrc, flush_async, flushAsync,
+                      set_async_limits, set_async_workers, setAsyncLimits, setAsyncWorkers)
 from .header import (CCPEM_ENUM, COMPRESSOR_ENUM, EMAN2_ENUM, REVERSE_CCPEM_ENUM,
                      REVERSE_COMPRESSOR_ENUM)
 from .mrc import (default_header, defaultHeader, read_mrc, read_mrc_header, readMRC,
@@ -15,6 +15,9 @@ from .mrc import (default_header, defaultHeader, read_mrc, read_mrc_header, read
 from .stream import MRCZReader, MRCZWriter, iter_frames
 from .fileobject import MrcFile, mmap, new, new_mmap, open, open_async, read, validate, write
 from .version import __version__
+
+#: The original package's names for the background pool and its size.
+_asyncExecutor, _setAsyncWorkers = async_executor, set_async_workers
 
 BLOSC_PRESENT = True
 CAN_COMPRESS = True
@@ -31,7 +34,7 @@ __all__ = [
     "COMPRESSOR_ENUM", "REVERSE_COMPRESSOR_ENUM", "EMAN2_ENUM", "BLOSC_PRESENT",
     "BLOSC2_PRESENT", "CAN_COMPRESS", "MRCZError", "FormatError", "CorruptDataError",
     "UnsupportedError", "BLOSC1_CODECS", "test", "_asyncExecutor", "_setAsyncWorkers",
-    "MRCZReader", "MRCZWriter", "iter_frames",
+    "setAsyncWorkers", "set_async_workers", "MRCZReader", "MRCZWriter", "iter_frames",
     "setAsyncLimits", "set_async_limits", "flushAsync", "flush_async", "asyncStatus",
     "async_status", "aread_mrc", "awrite_mrc", "aread_dm4", "AsyncQueueFull",
     "DMFrameReader", "iter_dm_frames",

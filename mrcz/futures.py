@@ -57,7 +57,7 @@ from .mrc import readMRC, writeMRC
 
 logger = logging.getLogger("mrcz")
 
-#: Background jobs that run at once (see :func:`_setAsyncWorkers`). Measured on the
+#: Background jobs that run at once (see :func:`set_async_workers`). Measured on the
 #: 2-core machine (12 writes of 8x2048x2048 int8 counted movies submitted at once,
 #: median of 11 runs, MiB/s for 1/2/3/4 workers): zstd clevel 1 734/971/790/946;
 #: zstd with n_threads=1 697/623/738/757; plain MRC 661/1959/2000/1945. Each job
@@ -377,7 +377,7 @@ class _AsyncExecutor(cf.ThreadPoolExecutor):
 
     The base class skips starting a thread while its count of idle threads is
     positive, and that count overstates after bursts of jobs; then raising
-    ``_max_workers`` (as :func:`_setAsyncWorkers` does) would add no thread.
+    ``_max_workers`` (as :func:`set_async_workers` does) would add no thread.
     """
 
     closed_by_caller = False
@@ -397,8 +397,10 @@ class _AsyncExecutor(cf.ThreadPoolExecutor):
         super().shutdown(wait, cancel_futures=cancel_futures)
 
 
-_asyncExecutor = _AsyncExecutor(max_workers=DEFAULT_WORKERS, thread_name_prefix="mrcz-async")
-_SCHEDULER = _Scheduler(_asyncExecutor, DEFAULT_WORKERS)
+#: The pool every background job runs on (the original's ``_asyncExecutor``).
+async_executor = _AsyncExecutor(max_workers=DEFAULT_WORKERS, thread_name_prefix="mrcz-async")
+_asyncExecutor = async_executor
+_SCHEDULER = _Scheduler(async_executor, DEFAULT_WORKERS)
 _LIMITER = _Limiter()
 
 
@@ -502,7 +504,7 @@ def _first_arg(args: tuple, kwargs: dict, name: str) -> Any:
 
 # ----------------------------------------------------------------------------- public API
 
-def _setAsyncWorkers(N_workers: int) -> None:
+def set_async_workers(N_workers: int) -> None:
     """Set how many background jobs run at once (default :data:`DEFAULT_WORKERS`).
 
     Takes effect at once, also when lowering the number: jobs beyond the new
@@ -829,7 +831,7 @@ def _register_exit_hooks() -> None:
 
 _register_exit_hooks()
 
-setAsyncWorkers = set_async_workers = _setAsyncWorkers
+setAsyncWorkers = _setAsyncWorkers = set_async_workers
 async_read_mrc = asyncReadMRC
 async_write_mrc = asyncWriteMRC
 async_read_dm4 = asyncReadDM4

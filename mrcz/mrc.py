@@ -19,12 +19,10 @@ from .casting import check_casting
 from .errors import describe
 from .fileops import atomic_output
 from .frames import FrameSource, frame_source
-from .reader import (HeaderDict, MRCSource, header_dict, open_for_read,  # noqa: F401 (re-exported)
-                     read_header_and_meta, read_image, template_of)
-from .units import ANGSTROM, UNITS_PER_ANGSTROM, pixelsize_angstrom, units_per_angstrom  # noqa: F401
-from .writer import (HEADER_FIELD_KEYS, WritePlan, build_header, carry_onto,  # noqa: F401
-                     check_compressor, plan_write, put_stats, stats_wanted, stored_dtype,
-                     write_compressed, write_plain)
+from .reader import MRCSource, read_image, template_of
+from .reader import open_for_read, read_header_and_meta  # noqa: F401 (until callers move)
+from .units import ANGSTROM, pixelsize_angstrom
+from .writer import build_header, check_compressor, plan_file, stored_dtype, write_file
 
 
 def __getattr__(name: str) -> Any:
@@ -190,29 +188,11 @@ def writeMRC(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None
         raise IndexError(f"{name}: idx={idx} given but the file does not exist yet")
     if template is not None and not isinstance(template, carry.Template):
         template = template_of(template)
-    if template is not None:
-        meta = carry.output_meta(template, meta, bool(compressor))
-    plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage, C3,
-                      gain, compressor, clevel)
-    rec = plan.header(source)
-    extended = plan.meta_bytes
-    if template is not None:
-        extended = carry_onto(template, rec, extended, bool(compressor), meta, name)
+    plan, rec, extended = plan_file(source, dtype, name, meta, endian, pixelsize, pixelunits,
+                                    voltage, C3, gain, compressor, clevel, template)
     with atomic_output(MRCfilename, durable=durable) as f:
-        f.write(rec.tobytes())
-        f.write(extended)
-        wanted = stats_wanted(quickStats, compressor)
-        if compressor:
-            stats, packed = write_compressed(f, source, plan.stored, compressor, clevel,
-                                             backend, n_threads, wanted, name, shuffle)
-            rec["packed_bytes"] = packed
-        else:
-            stats = write_plain(f, source, plan.stored, plan.mode, n_threads, wanted, name)
-        put_stats(rec, stats)
-        if template is not None:
-            carry.statistics_onto(template, rec)
-        f.seek(0)
-        f.write(rec.tobytes())
+        write_file(f, source, plan, rec, extended, template, backend, n_threads, quickStats,
+                   name, shuffle)
 
 
 # snake_case aliases

@@ -223,6 +223,50 @@ def carry_onto(template: carry.Template, rec: np.ndarray, extended: bytes, compr
     return kept[1]
 
 
+def plan_file(source: FrameSource, dtype: Any, name: str, meta: dict | None, endian: str,
+              pixelsize: Any, pixelunits: str, voltage: float, C3: float, gain: float,
+              compressor: str | None, clevel: int, template: carry.Template | None
+              ) -> tuple[WritePlan, np.ndarray, bytes]:
+    """``(plan, header record, extended header)`` of a new file; with ``template`` the
+    header keeps what the source file holds that the data do not decide."""
+    compressed = bool(compressor)
+    if template is not None:
+        meta = carry.output_meta(template, meta, compressed)
+    plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage, C3,
+                      gain, compressor, clevel)
+    rec = plan.header(source)
+    extended = plan.meta_bytes
+    if template is not None:
+        extended = carry_onto(template, rec, extended, compressed, meta, name)
+    return plan, rec, extended
+
+
+def finish_header(rec: np.ndarray, stats: Stats, template: carry.Template | None) -> None:
+    """Put the statistics gathered onto ``rec`` (a template's own where they still hold)."""
+    put_stats(rec, stats)
+    if template is not None:
+        carry.statistics_onto(template, rec)
+
+
+def write_file(f: BinaryIO, source: FrameSource, plan: WritePlan, rec: np.ndarray,
+               extended: bytes, template: carry.Template | None, backend: str | None,
+               n_threads: int, quickStats: bool, name: str, shuffle: str | None) -> None:
+    """Write a whole new MRC/MRCZ file to ``f`` (open at its start): header, extended
+    header, data, then the header again with statistics and packed size."""
+    f.write(rec.tobytes())
+    f.write(extended)
+    wanted = stats_wanted(quickStats, plan.compressor)
+    if plan.compressor:
+        stats, packed = write_compressed(f, source, plan.stored, plan.compressor, plan.clevel,
+                                         backend, n_threads, wanted, name, shuffle)
+        rec["packed_bytes"] = packed
+    else:
+        stats = write_plain(f, source, plan.stored, plan.mode, n_threads, wanted, name)
+    finish_header(rec, stats, template)
+    f.seek(0)
+    f.write(rec.tobytes())
+
+
 def write_plain(f: BinaryIO, source: FrameSource, stored: np.dtype, mode: int,
                  n_threads: int, with_rms: bool | None, name: str) -> Stats:
     appender = FrameAppender(f, stored, mode, None, 0, None, with_rms, n_threads, name)

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the compatibility corpus lives."""
+"""Shared fixtures: where the compatibility corpus and the original mrcz 0.6.0 live."""
 from __future__ import annotations
 
 import os
@@ -43,3 +43,16 @@ def corpus_files(folder: str, suffixes: tuple[str, ...]) -> list[Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261121)
+
+
+@pytest.fixture(scope="session")
+def original_python() -> Path:
+    """The python of the mrcz 0.6.0 reference venv (``tools/reference_venvs.sh``, found
+    through ``MRCZ_REFERENCE_VENVS``); skips the test when it is absent."""
+    base = os.environ.get("MRCZ_REFERENCE_VENVS")
+    if not base:
+        pytest.skip("MRCZ_REFERENCE_VENVS is not set: run tools/reference_venvs.sh DIR")
+    venv = Path(base) / "mrcz-0.6.0"
+    if not (venv / ".reference-ok").is_file():
+        pytest.skip(f"no finished mrcz 0.6.0 venv in {base}")
+    return venv / "bin" / "python"

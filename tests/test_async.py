@@ -30,7 +30,7 @@ def _reset_async():
     yield
     futures.flushAsync(raise_errors=False)
     futures.setAsyncLimits()
-    futures._setAsyncWorkers(futures.DEFAULT_WORKERS)
+    futures.set_async_workers(futures.DEFAULT_WORKERS)
 
 
 def counted(rng: np.random.Generator, shape, dtype) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_concurrent_writes_match_serial_bytes(tmp_path, rng):
     for i, (image, kwargs) in enumerate(cases):
         mrcz.writeMRC(image, serial / f"{i}.mrcz", **kwargs)
 
-    futures._setAsyncWorkers(4)
+    futures.set_async_workers(4)
     async_cases = [i for i in range(len(cases)) if i % 5]
     thread_cases = [i for i in range(len(cases)) if not i % 5]
     pending, side_reads = [], []
@@ -154,7 +154,7 @@ def test_foreign_blosc_settings_do_not_change_bytes(tmp_path, rng):
 
 
 def test_same_path_jobs_run_in_submission_order(tmp_path, rng):
-    futures._setAsyncWorkers(4)
+    futures.set_async_workers(4)
     path = tmp_path / "x.mrcz"
     images = [np.full((2, 64, 64), i, np.int16) for i in range(12)]
     reads = []
@@ -219,7 +219,7 @@ def test_bad_arguments_fail_through_future(tmp_path):
 # ----------------------------------------------------------------------------- copy, workers
 
 def test_copy_true_snapshots_the_image(tmp_path):
-    futures._setAsyncWorkers(1)
+    futures.set_async_workers(1)
     gate = threading.Event()
     blocker = futures.asyncWriteMRC(SlowFrames(np.zeros((1, 8, 8), np.int16), gate),
                                     tmp_path / "block.mrc", n_threads=1)
@@ -262,7 +262,7 @@ def test_set_async_workers_caps_running_jobs(tmp_path):
 
     for workers, expect in ((1, 1), (3, 3)):
         peak[0] = 0
-        futures._setAsyncWorkers(workers)
+        futures.set_async_workers(workers)
         jobs = [futures.asyncWriteMRC(Counting(np.zeros((4, 8, 8), np.int8)),
                                       tmp_path / f"{workers}-{i}.mrc", n_threads=1)
                 for i in range(6)]
@@ -270,11 +270,11 @@ def test_set_async_workers_caps_running_jobs(tmp_path):
             job.result(timeout=10)
         assert peak[0] == expect
     with pytest.raises(ValueError):
-        futures._setAsyncWorkers(0)
+        futures.set_async_workers(0)
 
 
 def test_cancelled_queued_write_writes_nothing(tmp_path):
-    futures._setAsyncWorkers(1)
+    futures.set_async_workers(1)
     gate = threading.Event()
     blocker = futures.asyncWriteMRC(SlowFrames(np.zeros((1, 8, 8), np.int16), gate),
                                     tmp_path / "block.mrc", n_threads=1)
@@ -348,7 +348,7 @@ def test_flush_timeout(tmp_path):
 
 
 def test_waiting_inside_a_callback_raises_instead_of_deadlocking(tmp_path):
-    futures._setAsyncWorkers(1)
+    futures.set_async_workers(1)
     futures.setAsyncLimits(max_pending_writes=1)
     gate = threading.Event()
     first = futures.asyncWriteMRC(SlowFrames(np.zeros((1, 4, 4), np.int8), gate),

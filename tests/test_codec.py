@@ -12,6 +12,7 @@ import pytest
 import mrcz
 from mrcz import cli, codec
 from mrcz.errors import CorruptDataError
+from mrcz.reader import MRCSource
 from mrcz.stats import Stats, min_max_sum
 from mrcz.stream import MRCZWriter
 from mrcz.workers import Pipeline
@@ -278,8 +279,6 @@ def test_auto_shuffle_follows_the_data(rng):
 
 # ----------------------------------------------------------------------------- writers: filters, batches, buffers
 
-ORIGINAL_PYTHON = Path(os.environ.get("MRCZ_REFERENCE_VENVS", "/work/refvenvs")) / \
-    "mrcz-0.6.0" / "bin" / "python"
 
 
 def gain_corrected(rng, shape=(4, 256, 256)) -> np.ndarray:
@@ -288,12 +287,12 @@ def gain_corrected(rng, shape=(4, 256, 256)) -> np.ndarray:
 
 
 def chunk_filters(path: Path) -> list[str]:
-    info, _ = mrcz.mrc.read_header_and_meta(open(path, "rb"), "x")
-    with open(path, "rb") as f:
-        chunks = codec.index_chunks(f.fileno(), info.data_offset, info.shape[0],
+    with MRCSource.open(path) as src:
+        info = src.info
+        chunks = codec.index_chunks(src.fd, info.data_offset, info.shape[0],
                                     os.path.getsize(path), info.shape[1] * info.shape[2]
                                     * info.dtype.itemsize, "x")
-        return [codec.ChunkHeader.parse(os.pread(f.fileno(), 16, offset)).shuffle
+        return [codec.ChunkHeader.parse(os.pread(src.fd, 16, offset)).shuffle
                 for offset, _ in chunks]
 
 
@@ -369,8 +368,7 @@ def test_readMRC_out_converts_big_endian_and_widened_files(tmp_path, rng):
         assert np.shares_memory(image, out) and np.array_equal(out, movie)
 
 
-@pytest.mark.skipif(not ORIGINAL_PYTHON.exists(), reason="original mrcz 0.6.0 venv absent")
-def test_original_reads_every_filter_and_the_wide_typesize(tmp_path, rng):
+def test_original_reads_every_filter_and_the_wide_typesize(tmp_path, rng, original_python):
     movie = gain_corrected(rng)
     counts = rng.poisson(0.8, (4, 64, 64)).astype(np.int8)
     paths = []
@@ -388,7 +386,7 @@ def test_original_reads_every_filter_and_the_wide_typesize(tmp_path, rng):
     for path in paths:
         args += [str(tmp_path / "movie.npy"), str(path)]
     args += [str(tmp_path / "counts.npy"), str(tmp_path / "lz4.mrcz")]
-    done = subprocess.run([str(ORIGINAL_PYTHON), "-c", script, *args], capture_output=True,
+    done = subprocess.run([str(original_python), "-c", script, *args], capture_output=True,
                           text=True, cwd="/")
     assert done.returncode == 0, done.stderr
 

@@ -13,7 +13,6 @@ from mrcz import frameindex
 from mrcz.errors import CorruptDataError
 from mrcz.stream import MRCZReader, MRCZWriter, iter_frames
 
-ORIGINAL_PYTHON = Path("/work/venvs/orig/bin/python")
 CASES = [  # (dtype, compressor, clevel)
     ("int8", None, 1), ("int8", "zstd", 1), ("uint16", "lz4", 9), ("float32", "zlib", 2),
     ("uint8", "zstd", 3), ("float32", None, 1), ("int16", "blosclz", 5),
@@ -196,8 +195,7 @@ def test_corrupted_chunk_header_raises(tmp_path, rng):
         MRCZReader(path)
 
 
-@pytest.mark.skipif(not ORIGINAL_PYTHON.exists(), reason="original mrcz 0.6.0 venv absent")
-def test_original_reads_stream_files(tmp_path, rng):
+def test_original_reads_stream_files(tmp_path, rng, original_python):
     frames = counted(rng, "uint16")
     stream(tmp_path / "m.mrcz", frames, compressor="zstd", clevel=1, voltage=300.0)
     stream(tmp_path / "p.mrc", frames, quickStats=False)
@@ -209,7 +207,7 @@ def test_original_reads_stream_files(tmp_path, rng):
               "    a = np.asarray(a)  # plain: a list of one 3-D frame (mz = nz)\n"
               "    assert np.array_equal(a.reshape(f.shape), f) and a.dtype == f.dtype, p\n"
               "    assert h['voltage'] in (0.0, 300.0) and h['maxImage'] == f.max(), h\n")
-    done = subprocess.run([str(ORIGINAL_PYTHON), "-c", script, str(tmp_path / "f.npy"),
+    done = subprocess.run([str(original_python), "-c", script, str(tmp_path / "f.npy"),
                            str(tmp_path / "m.mrcz"), str(tmp_path / "p.mrc")],
                           capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
