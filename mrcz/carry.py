@@ -18,15 +18,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import os
-from typing import Any
 
 import numpy as np
 
 from . import header as hdr
-from .errors import CorruptDataError, UnsupportedError
 from . import meta as jsonmeta
-from .meta import MAX_META_BYTES
 
 #: JSON key holding source header values that the output's layout displaced.
 DISPLACED_KEY = "displaced_header"
@@ -82,26 +78,6 @@ class Template:
             return {}
         kept = jsonmeta.decode(self.extended, self.name).get(DISPLACED_KEY)
         return kept if isinstance(kept, dict) else {}
-
-
-def of_file(path: str | os.PathLike, opener: Any = open) -> Template:
-    """The :class:`Template` of the MRC or MRCZ file at ``path``.
-
-    ``opener(path)`` opens it for reading (e.g. a decompressing opener for
-    ``.gz``/``.bz2``/``.zst`` files).
-    """
-    name = os.fspath(path)
-    with opener(path) as f:
-        raw = f.read(hdr.HEADER_BYTES)
-        info = hdr.parse_header(raw, name)
-        if info.extended_bytes > MAX_META_BYTES:
-            raise UnsupportedError(f"{name}: extended header of {info.extended_bytes} bytes is "
-                                   f"over the {MAX_META_BYTES}-byte limit")
-        extended = f.read(info.extended_bytes)
-    if len(extended) != info.extended_bytes:
-        raise CorruptDataError(f"{name}: extended header of {info.extended_bytes} bytes runs "
-                               f"past the end of the file ({len(extended)} bytes there)")
-    return Template(info, extended, name)
 
 
 def _ours(template: Template) -> bool:

@@ -10,16 +10,17 @@ an existing file unless ``--force`` is given.
 Each sub-command has one ``add_<name>_parser`` function building its parser;
 :data:`COMMANDS` lists them, so a new command is one function and one entry.
 
-Conversions stream: :func:`open_input` hands writeMRC a lazy frame reader
-(``mrcz.stream.MRCZReader`` for MRC/MRCZ arrays, a memory map for DM files),
-so only the frames in flight are in memory; lists of frames and whole-file
-gz/bz2/zst inputs (decompressed to a temporary file first, until readMRC reads
-them itself) are the exceptions.
+Every command opens an input once (:func:`open_source`) and reads all it needs
+from that one :class:`mrcz.reader.MRCSource`. Conversions stream:
+:func:`open_input` hands writeMRC a lazy frame reader (``mrcz.stream.MRCZReader``
+for MRC/MRCZ arrays, a memory map for DM files), so only the frames in flight
+are in memory; lists of frames and whole-file gz/bz2/zst inputs (which read
+forwards only) are the exceptions. An output is published only after its input
+has been read and closed, so a stream whose CRC fails leaves no output.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -34,18 +35,19 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import carry, codec, fileops, header as hdr, preview, wholefile
+from . import carry, fileops, header as hdr, preview, upgrade, wholefile
+from .dm import dm_header_for_mrc, readDM
 from .errors import MRCZError
-from .mrc import (ANGSTROM, open_for_read, read_header_and_meta, readMRC, readMRCHeader,
-                  writeMRC)
+from .mrc import readMRC, writeMRC
+from .units import ANGSTROM
+from .reader import MRCSource, read_image
 from .stream import MRCZReader
 from .progress import Progress, human_bytes, human_seconds
-from .upgrade import publish_no_clobber
+from .validate import is_valid, validate_file
 from .version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -125,96 +127,95 @@ class Loaded:
     kind: str
 
 
-def whole_file_codec(path: str | os.PathLike) -> str | None:
-    """``'gzip'``, ``'bz2'`` or ``'zstd'`` when the file is whole-file compressed."""
-    with open(path, "rb") as f:
-        codec = wholefile.detect(f.read(4))
-    return "bz2" if codec == "bzip2" else codec
-
-
-@contextlib.contextmanager
-def readable_mrc(path: str | os.PathLike) -> Iterator[str]:
-    """A path readMRC can read: ``path`` itself, or a decompressed temporary copy.
-
-    readMRC is meant to read gz/bz2/zst files itself; until it does, they are
-    decompressed into a temporary file first.
-    """
-    codec = whole_file_codec(path)
-    if codec is None or _reads_natively(path):
-        yield os.fspath(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="mrcz-") as tmp:
-        plain = os.path.join(tmp, Path(path).stem)
-        stream = wholefile.StreamReader(open(path, "rb"), "bzip2" if codec == "bz2" else codec,
-                                        os.fspath(path))
-        with stream as src, open(plain, "wb") as dst:
-            shutil.copyfileobj(src, dst, _COPY)
-        yield plain
-
-
-def _reads_natively(path: str | os.PathLike) -> bool:
-    try:
-        readMRCHeader(path)
-    except MRCZError:
-        return False
-    return True
-
-
 def is_dm(path: str | os.PathLike) -> bool:
     """True for a Gatan DM3/DM4 file name."""
     return os.fspath(path).lower().endswith(DM_SUFFIXES)
 
 
 @contextlib.contextmanager
-def open_input(path: str | os.PathLike, lazy: bool = True) -> Iterator[Loaded]:
+def open_source(path: str | os.PathLike) -> Iterator[tuple[MRCSource, str | None]]:
+    """``(source, codec)``: the MRC/MRCZ file ``path``, opened once, its header parsed once.
+
+    ``codec`` names the whole-file stream around it (``'gzip'``, ``'bz2'``,
+    ``'zstd'``; None for a regular file). Compressed MRCZ inside such a stream
+    (its chunks need random access) is copied from that same open file into a
+    temporary plain file, whose source is given instead; messages still name
+    ``path``. Leaving the block without an exception once a stream's data has been
+    read to its end checks the stream's CRC or checksum (and what follows the data).
+    """
+    src = MRCSource.wrap(open(path, "rb"), path, refuse_mrcz=False)
+    codec = _codec_name(src.file)
+    if src.fd is not None or src.info.compressor is None:
+        with src:
+            yield src, codec
+        return
+    with tempfile.TemporaryDirectory(prefix="mrcz-") as folder:
+        with src:
+            copy = _spooled(src, os.path.join(folder, "spooled.mrcz"))
+        with copy:
+            yield copy, codec
+
+
+def _codec_name(f: BinaryIO) -> str | None:
+    """The whole-file codec of a stream as `mrcz info` shows it (None: a regular file)."""
+    if not isinstance(f, wholefile.StreamReader):
+        return None
+    return "bz2" if f.codec == "bzip2" else f.codec
+
+
+def _spooled(src: MRCSource, plain: str) -> MRCSource:
+    """Copy the stream of ``src`` (header and extended header already read, then the
+    rest) to the new file ``plain``; its source, named as ``src`` is."""
+    with open(plain, "xb") as out:
+        out.write(src.info.record.tobytes())
+        out.write(src.extended)
+        shutil.copyfileobj(src.file, out, _COPY)
+    raw = open(plain, "rb")
+    try:
+        return MRCSource(raw, src.name, plain)
+    except BaseException:
+        raw.close()
+        raise
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike) -> Iterator[Loaded]:
     """Open an MRC, MRCZ, gz/bz2/zst or DM3/DM4 file with what it says about itself.
 
-    With ``lazy`` the image is read frame by frame while it is written
+    The image is read frame by frame while it is written
     (``mrcz.stream.MRCZReader`` for MRC/MRCZ arrays, a memory map for DM files),
-    so memory stays bounded; lists of frames are read whole (readMRC).
+    so memory stays bounded; lists of frames and whole-file streams (which only
+    read forwards) are read whole. The input is opened once; leaving the block
+    closes it (a stream read to its end checks its CRC there).
     """
     if is_dm(path):
         yield _load_dm(path)
         return
-    with contextlib.ExitStack() as stack:
-        plain = stack.enter_context(readable_mrc(path))
-        with open_for_read(plain) as f:
-            info, meta = read_header_and_meta(f, os.fspath(path))
-        header, slices = readMRCHeader(plain)
-        # a whole-file compressed stream only reads forwards: read it whole
-        seekable = whole_file_codec(plain) is None
-        reader = _frame_reader(plain) if lazy and seekable and not slices else None
-        if reader is not None:
-            image = stack.enter_context(reader)
-        else:
-            image, header = readMRC(plain)
-        has_meta = info.extended_bytes > 0 and info.record["exttyp"] == b"json"
-        template = carry.of_file(plain, open_for_read)  # what the output keeps of the rest
-        values = recorded_values(info, header, meta)
-        if not template.holds_microscope_values:  # another program's bytes 132-151
-            values.update(dict.fromkeys(MICROSCOPE_KEYS))
-        kwargs = writer_keywords(values, meta if has_meta else None)
-        kwargs.update(pixelunits=ANGSTROM, endian=header["endian"], template=template)
-        yield Loaded(image, kwargs, "MRCZ" if info.compressor else "MRC")
+    with open_source(path) as (src, _):
+        yield _loaded(src)
 
 
-def _frame_reader(path: str) -> MRCZReader:
-    """A one-thread frame reader: frames are decoded as the writer asks for them."""
-    return MRCZReader(path, n_threads=1)
-
-
-def _dm_module():
-    try:
-        from . import dm
-    except ImportError:
-        raise CommandError("DM3/DM4 support (mrcz.dm) is not available") from None
-    return dm
+def _loaded(src: MRCSource) -> Loaded:
+    """The image of ``src`` and the writeMRC keywords keeping its header values."""
+    info, meta = src.info, src.meta
+    if src.fd is not None and not src.slices():
+        image = MRCZReader.of_source(src, n_threads=1)  # closed with src
+        header = image.header
+    else:
+        image, header = read_image(src)
+    has_meta = info.extended_bytes > 0 and info.record["exttyp"] == b"json"
+    template = src.template  # what the output keeps of the rest
+    values = recorded_values(info, header, meta)
+    if not template.holds_microscope_values:  # another program's bytes 132-151
+        values.update(dict.fromkeys(MICROSCOPE_KEYS))
+    kwargs = writer_keywords(values, meta if has_meta else None)
+    kwargs.update(pixelunits=ANGSTROM, endian=header["endian"], template=template)
+    return Loaded(image, kwargs, "MRCZ" if info.compressor else "MRC")
 
 
 def _load_dm(path: str | os.PathLike) -> Loaded:
-    dm = _dm_module()
-    image, meta = dm.readDM(path, lazy=True)
-    given = dict(dm.dm_header_for_mrc(meta))
+    image, meta = readDM(path, lazy=True)
+    given = dict(dm_header_for_mrc(meta))
     values = {key: given.get(key) for key in MICROSCOPE_KEYS}
     values["pixelsize"] = given.get("pixelsize")
     kwargs = writer_keywords(values, given.get("meta"))
@@ -461,7 +462,8 @@ def reads_back(path: str) -> bool:
     """True when ``path`` is an MRC/MRCZ file whose header, frame index and last
     frame read without error (what ``--skip-existing`` asks of an output)."""
     try:
-        with readable_mrc(path) as plain, MRCZReader(plain, n_threads=1) as reader:
+        with open_source(path) as (src, _):
+            reader = MRCZReader.of_source(src, n_threads=1)  # closed with src
             if len(reader):
                 reader[len(reader) - 1]
     except (MRCZError, OSError, ValueError, IndexError):
@@ -482,7 +484,8 @@ def _convert(task: Task, report: Any) -> Outcome:
         hint = " and does not read back" if task.skip_existing else ""
         raise CommandError(f"{task.target} exists{hint} (use --force to replace it)")
     start = time.perf_counter()
-    with open_input(task.source) as loaded, _staged(task.target, task.force) as temp:
+    # the input is closed (a stream's CRC checked) before the output is published
+    with _staged(task.target, task.force) as temp, open_input(task.source) as loaded:
         if report is not None:
             loaded.image = _counted(loaded.image, task.source, report)
         note = _write_checked(task, loaded, temp)
@@ -566,7 +569,7 @@ def _staged(target: str, force: bool) -> Iterator[str]:
         yield temp
         if force:
             os.replace(temp, target)
-        elif not publish_no_clobber(temp, target):  # a file that appeared meanwhile stays
+        elif not upgrade.publish_no_clobber(temp, target):  # a file that appeared meanwhile stays
             raise CommandError(f"{target} exists (use --force to replace it)")
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -969,14 +972,12 @@ def describe_file(path: str | os.PathLike, header: bool = False,
         raise CommandError(f"{path}: no such file")
     if is_dm(path):
         return _describe_dm(path, frames)
-    codec = whole_file_codec(path)
-    with readable_mrc(path) as plain:
-        with open_for_read(plain) as f:
-            info, meta = read_header_and_meta(f, path)
-            extended = _read_extended(f, info) if header else b""
-        head, slices = readMRCHeader(plain)
+    with open_source(path) as (src, codec):
+        info, meta = src.info, src.meta
+        extended = src.extended[:_EXTENDED_SHOWN] if header else b""
+        head, slices = src.header_dict(ANGSTROM), src.slices()
         chunk_bytes = int(head["packedBytes"]) if info.compressor else None
-        per_frame = _frame_table(plain, info) if frames else None
+        per_frame = _frame_table(src) if frames else None
     nz, ny, nx = info.shape
     raw_bytes = hdr.stored_nbytes(info)
     file_bytes = os.path.getsize(path)
@@ -1021,11 +1022,6 @@ def describe_file(path: str | os.PathLike, header: bool = False,
 _EXTENDED_SHOWN = 2**20
 
 
-def _read_extended(f: Any, info: hdr.HeaderInfo) -> bytes:
-    f.seek(hdr.HEADER_BYTES)
-    return f.read(min(info.extended_bytes, _EXTENDED_SHOWN))
-
-
 def header_fields(rec: np.void) -> list[dict]:
     """Every field of the 1024-byte header in file order: name, byte offset, value."""
     fields = []
@@ -1066,23 +1062,18 @@ def extended_fields(raw: bytes, rec: np.void, meta: dict | None) -> list[dict]:
             for s in range(0, len(raw), 16)]
 
 
-def _frame_table(plain: str, info: hdr.HeaderInfo) -> list[dict]:
+def _frame_table(src: MRCSource) -> list[dict]:
     """Per z-slice statistics; for MRCZ the compressed size and ratio of each chunk."""
-    chunks = None
-    nz, ny, nx = info.shape
-    frame_bytes = hdr.stored_nbytes(info) // max(nz, 1)
-    if info.compressor:
-        with open(plain, "rb") as f:
-            chunks = codec.index_chunks(f.fileno(), info.data_offset, nz,
-                                        os.fstat(f.fileno()).st_size, frame_bytes, plain)
+    info = src.info
+    frame_bytes = hdr.stored_nbytes(info) // max(info.shape[0], 1)
+    chunks = src.chunk_table().chunks if info.compressor else None
     table = []
-    with MRCZReader(plain, n_threads=1) as reader:
-        for index, frame in enumerate(reader):
-            row = _frame_stats(index, frame)
-            if chunks is not None:
-                row.update(compressed_bytes=chunks[index][1],
-                           ratio=round(frame_bytes / chunks[index][1], 3))
-            table.append(row)
+    for index, frame in enumerate(MRCZReader.of_source(src, n_threads=1)):  # closed with src
+        row = _frame_stats(index, frame)
+        if chunks is not None:
+            row.update(compressed_bytes=chunks[index][1],
+                       ratio=round(frame_bytes / chunks[index][1], 3))
+        table.append(row)
     return table
 
 
@@ -1114,8 +1105,7 @@ def _stats(rec: np.void) -> dict:
 
 
 def _describe_dm(path: str, frames: bool) -> dict:
-    dm = _dm_module()
-    image, meta = dm.readDM(path, lazy=True)
+    image, meta = readDM(path, lazy=True)
     shape = list(image.shape)
     dims = shape[::-1] + [1] * max(0, 3 - len(shape))
     size = os.path.getsize(path)
@@ -1131,7 +1121,7 @@ def _describe_dm(path: str, frames: bool) -> dict:
                                   "compressed_data": None},
         "ratio": None, "voxel_size_A": pixel if any(v for v in pixel) else None,
         "voltage_kV": meta.get("voltage"), "C3_mm": meta.get("C3"),
-        "gain": dm.dm_header_for_mrc(meta).get("gain"), "statistics": {"known": False},
+        "gain": dm_header_for_mrc(meta).get("gain"), "statistics": {"known": False},
         "space_group": None, "nversion": None,
         "extended_header": None, "meta": small,
     }
@@ -1229,8 +1219,6 @@ def _meta_summary(meta: dict | None, width: int = 60) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check files against MRC2014 and the MRCZ layout; exit 1 if any is invalid."""
-    from .validate import is_valid, validate_file
-
     invalid, report = 0, []
     for path, _ in expand_inputs(args.files, args.recursive,
                                  args.ext or DEFAULT_INPUTS["decompress"] + PLAIN_OUTPUTS):
@@ -1239,9 +1227,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             error = f"{path}: no such file"
         else:
             try:
-                with readable_mrc(path) as plain:
-                    problems = validate_file(plain, check_data=not args.quick,
-                                             deep=getattr(args, "deep", False))
+                with open(path, "rb") as raw:
+                    problems = validate_file(raw, check_data=not args.quick,
+                                             deep=getattr(args, "deep", False), name=path)
             except OSError as err:
                 error = _message(err)
         ok = error is None and is_valid(problems)
@@ -1262,32 +1250,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Add frame indexes to the MRCZ files of a folder; see mrcz.upgrade.index_folder."""
-    from .upgrade import FAILED, index_folder
-
-    results = index_folder(args.folder, recursive=args.recursive,
+    results = upgrade.index_folder(args.folder, recursive=args.recursive,
                            backup_dir=args.backup_dir, dry_run=args.dry_run)
     for result in results:
         print(result.line())
-    return EXIT_FAILED if any(r.status == FAILED for r in results) else EXIT_OK
+    return EXIT_FAILED if any(r.status == upgrade.FAILED for r in results) else EXIT_OK
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     """Upgrade old MRCZ files (mrcz <= 0.4.1), given as files or folders; see mrcz.upgrade."""
-    from .upgrade import CURRENT, FAILED as UPGRADE_FAILED, upgrade_file, upgrade_folder
-
     results, texts = [], []
 
     def report(result) -> str | None:
         results.append(result)
         if args.json or args.quiet:
             return None
-        return result.line() if (result.status != CURRENT or args.verbose) else None
+        return result.line() if (result.status != upgrade.CURRENT or args.verbose) else None
 
     for path in args.paths:
         if os.path.isdir(path):
-            summary = upgrade_folder(path, recursive=args.recursive, backup_dir=args.backup_dir,
-                                     dry_run=args.dry_run, report=report,
-                                     progress=False if args.quiet or args.json else None)
+            summary = upgrade.upgrade_folder(path, recursive=args.recursive,
+                                             backup_dir=args.backup_dir, dry_run=args.dry_run,
+                                             report=report,
+                                             progress=False if args.quiet or args.json else None)
             texts.append(f"{path}: {summary.text()}")
             continue
         if not os.path.isfile(path):
@@ -1295,18 +1280,18 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         folder = os.path.dirname(os.path.abspath(path))
         backup = os.path.join(args.backup_dir or os.path.join(folder, "backup"),
                               os.path.basename(path))
-        line = report(upgrade_file(path, backup, dry_run=args.dry_run))
+        line = report(upgrade.upgrade_file(path, backup, dry_run=args.dry_run))
         if line:
             print(line)
     if args.json:
         print_json([{"file": os.fspath(r.path), "status": r.status,
-                     "error": r.detail if r.status == UPGRADE_FAILED else None,
+                     "error": r.detail if r.status == upgrade.FAILED else None,
                      "detail": r.detail or None} for r in results])
     elif not args.quiet:
         counts = {s: sum(r.status == s for r in results) for s in {r.status for r in results}}
         texts.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no files")
         print("mrcz upgrade: " + "; ".join(texts), file=sys.stderr)
-    return EXIT_FAILED if any(r.status == UPGRADE_FAILED for r in results) else EXIT_OK
+    return EXIT_FAILED if any(r.status == upgrade.FAILED for r in results) else EXIT_OK
 
 
 # ============================================================================= preview

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import builtins
 import concurrent.futures
-import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -29,6 +29,7 @@ from .fileops import atomic_output
 from .errors import FormatError, MRCZError
 from .mrc import readMRC, writeMRC
 from .mrcobject import DTYPE_OF_MODE, MrcObject, as_mrcfile_record, data_dtype, data_shape
+from .reader import MRCSource, read_image
 from .validate import is_valid, validate_file
 from .version import __version__
 
@@ -63,6 +64,8 @@ class MrcFile(MrcObject):
         self.compressor, self.clevel = compressor, int(clevel)
         self.compression = compression
         self._json_bytes: bytes | None = None
+        self._file: BinaryIO | None = None  # what the file is read from (open once)
+        self._src: MRCSource | None = None  # the reader's view of it (None: header refused)
         if mode == "w+":
             self._create(overwrite)
         else:
@@ -86,8 +89,17 @@ class MrcFile(MrcObject):
         self._header.label[0] = f"MRCZ{__version__}".encode("ascii")
 
     def _open(self) -> None:
+        self._release()
+        try:
+            self._load()
+        except BaseException:
+            self._release()
+            raise
+
+    def _load(self) -> None:
+        """Header, extended header and (plain files) data, from one open file."""
         raw = self._read_all_or_head()
-        info = self._parse(raw[:hdr.HEADER_BYTES])
+        info = self._src.info if self._src is not None else self._parse(raw[:hdr.HEADER_BYTES])
         original = np.frombuffer(bytearray(raw[:hdr.HEADER_BYTES]), dtype=info.record.dtype)
         self._header = as_mrcfile_record(original.reshape(()))
         if bytes(self._header.map) != MAP_ID:
@@ -114,28 +126,46 @@ class MrcFile(MrcObject):
         self._info = info
         if not self._header_only:
             self._data = None if info.compressor else self._read_plain_data(info, raw)
+        if self._header_only or not info.compressor:
+            self._release()  # all is read: MRCZ data are read from the open file on demand
 
     def _read_all_or_head(self) -> bytes:
-        """Everything of a stream or whole-file compressed file; the header (and the
-        extended header) of a seekable file, whose data are read or mapped later."""
+        """Open the file (once): header and extended header, parsed by the reader
+        (``self._src``) where it accepts them, else as they are. The data are read
+        from the same open file (``self._file``); a stream or a whole-file compressed
+        file is read whole."""
         if self._stream is not None:
-            data = self._stream.read()
-            self._spooled = data
-            return data
-        with builtins.open(self.name, "rb") as f:
-            head = f.read(hdr.HEADER_BYTES)
-        self.compression = wholefile.detect(head[:4])  # 'gzip', 'bzip2', 'zstd' or None
-        if self.compression is None:
-            return head
-        with wholefile.open_for_read(self.name) as f:
-            return f.read()
+            self._spooled = self._stream.read()
+            self._file = io.BytesIO(self._spooled)
+        else:
+            f = wholefile.wrap(builtins.open(self.name, "rb"), self.name)
+            self.compression = getattr(f, "codec", None)  # 'gzip', 'bzip2', 'zstd' or None
+            if self.compression is not None:
+                with f:
+                    f = io.BytesIO(f.read())
+            self._file = f
+        try:
+            self._src = MRCSource(self._file, self.name, self.name)
+        except MRCZError:  # read the header as it is: refused below, or permissive
+            self._file.seek(0)
+            return self._file.read(hdr.HEADER_BYTES)
+        return self._src.info.record.tobytes() + self._src.extended
 
     def _read_range(self, offset: int, size: int) -> bytes:
-        if self._stream is not None:
-            return self._spooled[offset:offset + size]
-        with builtins.open(self.name, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        self._file.seek(offset)
+        return self._file.read(size)
+
+    def _source(self) -> MRCSource:
+        """The reader of the file's data (opened again only if the file was closed)."""
+        if self._src is None or self._src.file.closed:
+            self._src = MRCSource.open(self.name)
+        return self._src
+
+    def _release(self) -> None:
+        """Close the file the data were read from."""
+        if self._file is not None:
+            self._file.close()
+        self._file = self._src = None
 
     def _parse(self, raw: bytes) -> hdr.HeaderInfo:
         try:
@@ -156,7 +186,7 @@ class MrcFile(MrcObject):
 
     def _read_plain_data(self, info: hdr.HeaderInfo, raw: bytes) -> np.ndarray | None:
         if info.mode == hdr.MODE_UINT4:
-            return readMRC(self.name)[0] if self._stream is None else None
+            return read_image(self._source())[0] if self._stream is None else None
         try:
             dtype = data_dtype(self._header, info.byteorder, self.name)
         except FormatError as err:
@@ -176,8 +206,7 @@ class MrcFile(MrcObject):
                 return None
             return np.memmap(self.name, dtype=stored, mode="r+" if self.mode == "r+" else "r",
                              offset=offset, shape=shape)
-        block = raw[offset:offset + nbytes] if len(raw) > hdr.HEADER_BYTES else \
-            self._read_range(offset, nbytes)
+        block = self._read_range(offset, nbytes)
         if len(block) < nbytes:
             self._problem(f"{self.name}: data block is {len(block)} bytes, smaller than the "
                           f"{nbytes} bytes the header's dimensions need")
@@ -190,6 +219,7 @@ class MrcFile(MrcObject):
     def data(self) -> np.ndarray | None:
         if self._data is None and self.compressor and not self._header_only:
             self._data = self._read_compressed(None)
+            self._release()
         return self._data
 
     @property
@@ -229,16 +259,13 @@ class MrcFile(MrcObject):
         shape = self._shape_on_disk()
         per_frame = int(np.prod(shape[1:-2])) if len(shape) > 2 else 1
         idx = None if frame is None else (frame * per_frame, frame * per_frame + per_frame - 1)
-        with self._readable() as path:
-            image, _ = readMRC(path, idx=idx, slices=0)
+        if self._stream is None:
+            image, _ = read_image(self._source(), idx=idx, slices=0)
+        else:
+            with _Spool(self._spooled) as path:  # compressed chunks need a regular file
+                image, _ = readMRC(path, idx=idx, slices=0)
         image = np.asarray(image)
         return image.reshape(shape if frame is None else shape[1:])
-
-    def _readable(self):
-        """A path readMRC can open: the file, or a temporary copy of a stream."""
-        if self._stream is None:
-            return contextlib.nullcontext(self.name)
-        return _Spool(self._spooled)
 
     def __len__(self) -> int:
         shape = self._shape_on_disk() if self.compressor else np.shape(self.data)
@@ -343,6 +370,7 @@ class MrcFile(MrcObject):
             self.flush()
         finally:
             self._closed, self._read_only = True, True
+            self._release()
             if isinstance(self._data, np.memmap):
                 self._data = np.array(self._data)
 
@@ -354,6 +382,7 @@ class MrcFile(MrcObject):
             self.close()
         else:
             self._closed = True
+            self._release()
 
     def __repr__(self) -> str:
         kind = "MrcMemmap" if self._memmap else "MrcFile"

@@ -20,7 +20,6 @@ from .errors import describe
 from .fileops import atomic_output
 from .frames import FrameSource, frame_source
 from .reader import MRCSource, read_image, template_of
-from .reader import open_for_read, read_header_and_meta  # noqa: F401 (until callers move)
 from .units import ANGSTROM, pixelsize_angstrom
 from .writer import build_header, check_compressor, plan_file, stored_dtype, write_file
 

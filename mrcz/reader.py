@@ -1,7 +1,8 @@
 """The read side: one open MRC/MRCZ file (:class:`MRCSource`) and what is read from it.
 
-Every reader (``readMRC``, ``readMRCHeader``, :class:`~mrcz.stream.MRCZReader`,
-the command line) works on an :class:`MRCSource`: the file is opened once, its
+Every reader (``readMRC``, ``readMRCHeader``, the file object,
+:class:`~mrcz.stream.MRCZReader`, ``validate``, ``upgrade``, ``batch``, ``to_dask``
+and the command line) works on an :class:`MRCSource`: the file is opened once, its
 header, JSON metadata and extended header parsed once, and the chunk table of
 a compressed data block found once, on first use.
 """
@@ -18,10 +19,14 @@ import numpy as np
 from . import carry, codec, frameindex, header as hdr, meta as jsonmeta, wholefile
 from .decode import to_native, unpack_uint4
 from .errors import CorruptDataError, FormatError, UnsupportedError, describe
-from .framespans import index_frames
+from .framespans import index_open_file
 from .lazy import LazyFrames
 from .units import ANGSTROM, units_per_angstrom
 from .workers import ordered_map, threads
+
+__all__ = ["MRCSource", "read_image", "template_of", "HeaderDict", "header_dict", "frame_range",
+           "native_dtype"]
+
 
 class MRCSource:
     """One MRC or MRCZ file open for reading, its header parsed once.
@@ -29,7 +34,7 @@ class MRCSource:
     Parameters
     ----------
     f : the open file: a regular file, or a forward-only decompressing stream
-        (:func:`mrcz.wholefile.open_for_read`); closed by :meth:`close`.
+        (:func:`mrcz.wholefile.wrap`); closed by :meth:`close`.
     name : what messages call the file.
     path : its path, where a memory map or a lazy index needs one.
     convention : ``'ccpem'`` (MRC2014) or ``'eman2'`` mode numbers.
@@ -37,7 +42,9 @@ class MRCSource:
 
     Attributes
     ----------
-    info : the parsed header. meta : the JSON metadata (``{}`` without).
+    info : the parsed header (:class:`mrcz.header.HeaderInfo`).
+    meta : the JSON metadata (``{}`` without).
+    size : the file's size in bytes (None for a stream).
     fd : the file descriptor of a regular file, None for a stream.
     """
 
@@ -47,7 +54,8 @@ class MRCSource:
         self.path = None if path is None else os.path.abspath(os.fspath(path))
         self.info = info = hdr.parse_header(f.read(hdr.HEADER_BYTES), name, self.convention)
         self.size = file_size(f)
-        self.fd = f.fileno() if isinstance(f, (io.BufferedReader, io.FileIO)) else None
+        self.fd = f.fileno() if isinstance(f, (io.BufferedReader, io.BufferedRandom,
+                                               io.FileIO)) else None
         if self.size is not None and info.data_offset > self.size:
             raise CorruptDataError(f"{name}: extended header of {info.extended_bytes} bytes "
                                    f"runs past the end of the {self.size}-byte file")
@@ -73,10 +81,16 @@ class MRCSource:
 
     @classmethod
     def wrap(cls, raw: BinaryIO, path: str | os.PathLike, convention: str = "ccpem",
-             permissive: bool = False, memmap: bool = False) -> MRCSource:
-        """The source read from ``raw``, the file ``path`` open at its start (closed on error)."""
+             permissive: bool = False, memmap: bool = False, refuse_mrcz: bool = True
+             ) -> MRCSource:
+        """The source read from ``raw``, the file ``path`` open at its start (closed on error).
+
+        ``refuse_mrcz=False`` also accepts compressed MRCZ inside a gzip, bzip2 or zstd
+        stream, for a caller that copies it to a regular file (its chunks cannot be
+        read from the stream).
+        """
         name = describe(path)
-        f = wholefile.wrap(raw, name, memmap)
+        f = wholefile.wrap(raw, name, memmap, refuse_mrcz)
         try:
             return cls(f, name, path, convention, permissive)
         except BaseException:
@@ -191,7 +205,8 @@ def read_image(src: MRCSource, idx: int | tuple[int, int] | None = None,
                          offset=info.data_offset + first * ny * nx * info.dtype.itemsize,
                          shape=(count, ny, nx))
     elif info.compressor is not None and memmap and not permissive:
-        data = LazyFrames(index_frames(src.path, src.convention).select(first, count))
+        data = LazyFrames(index_open_file(src.path, src.info, src.fd, name)
+                          .select(first, count))
     elif info.compressor is not None:
         chunks, crcs = src.chunks(first, count, permissive, verify)
         data = decode_target(out, (len(chunks), ny, nx), info, name)
@@ -229,37 +244,11 @@ def template_of(path: str | os.PathLike) -> carry.Template:
         return src.template
 
 
-def open_for_read(path: str | os.PathLike, memmap: bool = False) -> BinaryIO:
-    """Open ``path`` for reading: the file, or a forward-only decompressing stream when
-    its content is gzip, bzip2 or zstd (``memmap=True`` refuses those)."""
-    return wholefile.open_for_read(path, memmap)
-
-
 def file_size(f: BinaryIO) -> int | None:
     try:
         return os.fstat(f.fileno()).st_size
     except (AttributeError, OSError, ValueError):
         return None
-
-
-def read_header_and_meta(f: BinaryIO, name: str, convention: str = "ccpem",
-                         permissive: bool = False) -> tuple[hdr.HeaderInfo, dict]:
-    """Parse the header and the JSON extended header (if any) of an open file."""
-    info = hdr.parse_header(f.read(hdr.HEADER_BYTES), name, convention)
-    size = file_size(f)
-    if size is not None and info.data_offset > size:
-        raise CorruptDataError(f"{name}: extended header of {info.extended_bytes} bytes runs "
-                               f"past the end of the {size}-byte file")
-    meta: dict = {}
-    if info.extended_bytes and info.record["exttyp"] == b"json":
-        raw = f.read(min(info.extended_bytes, jsonmeta.MAX_META_BYTES + 1))
-        try:
-            meta = jsonmeta.decode(raw, name)
-        except FormatError as err:
-            if not permissive:
-                raise
-            warnings.warn(f"{err}; metadata skipped", stacklevel=3)
-    return info, meta
 
 
 class HeaderDict(dict):

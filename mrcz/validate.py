@@ -9,16 +9,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Iterator
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import codec, frameindex, header as hdr, meta as jsonmeta
-from .errors import MRCZError
-from .mrc import open_for_read, readMRC
+from . import codec, frameindex, header as hdr, meta as jsonmeta, wholefile
+from .errors import MRCZError, describe
+from .reader import MRCSource
 from .stats import Stats
-from .stream import iter_frames
+from .stream import MRCZReader
 
 ERROR, WARNING = "error", "warning"
 #: Extended header types MRC2014 defines, plus MRCZ's JSON.
@@ -46,40 +48,116 @@ def is_valid(problems: list[Problem]) -> bool:
     return not any(p.severity == ERROR for p in problems)
 
 
-def validate_file(path: str | os.PathLike, check_data: bool = True,
-                  deep: bool = False) -> list[Problem]:
+def validate_file(file: str | os.PathLike | BinaryIO, check_data: bool = True,
+                  deep: bool = False, *, name: str | None = None) -> list[Problem]:
     """Check one MRC/MRCZ file; returns the problems found (empty: valid).
+
+    The file is opened once (or not at all when an open file is given) and its
+    data decoded in one pass, for the statistics and ``deep`` together.
 
     Parameters
     ----------
-    path : the file (plain, MRCZ, or whole-file compressed if readMRC reads it).
+    file : the file (plain, MRCZ, or either inside a gzip/bzip2/zstd stream): a path,
+        or a binary file open at its start (not closed here).
     check_data : also read the data: every compressed chunk against its CRC-32C
         in the frame index, a whole-file gzip/bzip2/zstd stream to its end (its
         own CRC and length), and the header statistics against the data.
     deep : also decode every z-slice, even where the statistics are not known.
+    name : what messages call the file (default: the path, or the file's ``name``).
     """
-    name = os.fspath(path)
+    name = describe(file) if name is None else name
+    if not isinstance(file, (str, bytes, os.PathLike)):
+        return _validate(file, name, check_data or deep, deep)
+    with open(file, "rb") as raw:
+        return _validate(raw, name, check_data or deep, deep)
+
+
+def _validate(raw: BinaryIO, name: str, check_data: bool, deep: bool) -> list[Problem]:
+    """:func:`validate_file` of the open file ``raw`` (at its start)."""
     try:
-        with open_for_read(path) as f:
-            raw = f.read(hdr.HEADER_BYTES)
-            size = _regular_size(f)
-            info, problems = _check_header(raw, name)
-            if info is None:
-                return problems
-            layout = _check_meta(f, info, name)
-            if size is not None:
-                layout += (_check_chunks(f, info, size, name, check_data) if info.compressor
-                           else _check_plain_size(info, size))
+        f = wholefile.wrap(raw, name, refuse_mrcz=False, closefd=False)
     except MRCZError as err:
         return [Problem(ERROR, str(err))]
-    if (check_data or deep) and size is None and is_valid(layout):
-        layout += _check_stream(path, info)
+    try:
+        return _check_open(f, name, check_data, deep)
+    finally:
+        if f is not raw:
+            f.close()  # the decompressing stream; raw stays open
+
+
+def _check_open(f: BinaryIO, name: str, check_data: bool, deep: bool) -> list[Problem]:
+    """The checks on ``f``: a regular file, or a decompressing stream, at its start."""
+    try:
+        src = MRCSource(f, name)
+    except MRCZError:
+        return _check_refused(f, name, check_data, deep)  # the header as it is
+    if src.info.compressor is not None and src.fd is None:
+        return _check_spooled(f, name, check_data, deep)
+    problems = _header_problems(src.info)
+    try:
+        layout = _check_meta_length(src)
+        if src.fd is not None:
+            layout += (_check_chunks(src.fd, src.info, src.size, name, check_data)
+                       if src.info.compressor else _check_plain_size(src.info, src.size))
+    except MRCZError as err:
+        return [Problem(ERROR, str(err))]
+    if check_data and src.fd is None and is_valid(layout):
+        layout += _check_stream(f, src.info)
     problems += layout
-    if (check_data or deep) and is_valid(layout):  # the data can be read if its layout is sound
-        if deep and size is not None:
-            problems += _check_frames(path)
-        problems += _check_statistics(path, info, seekable=size is not None)
+    if check_data and is_valid(layout):  # the data can be read if its layout is sound
+        problems += _check_data(src, deep and src.fd is not None)
     return problems
+
+
+def _rewind(f: BinaryIO) -> None:
+    """Back to the start of the file (a stream decompresses anew)."""
+    if isinstance(f, wholefile.StreamReader):
+        f.restart()
+    else:
+        f.seek(0)
+
+
+def _check_refused(f: BinaryIO, name: str, check_data: bool, deep: bool
+                   ) -> list[Problem]:
+    """What is wrong with a header (or JSON metadata) that the reader refuses."""
+    try:
+        _rewind(f)
+        raw = f.read(hdr.HEADER_BYTES)
+        try:
+            info = hdr.parse_header(raw, name)
+        except MRCZError:
+            if isinstance(f, wholefile.StreamReader):  # the codec may see corrupt data
+                f.restart()
+                f.probe(wholefile.PROBE_BYTES)
+            raise
+        size = _regular_size(f)
+        if info.compressor is not None and size is None:
+            return _check_spooled(f, name, check_data, deep)
+        problems = _header_problems(info)
+        layout = _check_meta(f, info, name)
+        if size is not None:
+            layout += (_check_chunks(f.fileno(), info, size, name, check_data)
+                       if info.compressor else _check_plain_size(info, size))
+    except MRCZError as err:
+        return [Problem(ERROR, str(err))]
+    if check_data and size is None and is_valid(layout):
+        layout += _check_stream(f, info)
+    return problems + layout
+
+
+def _check_spooled(f: BinaryIO, name: str, check_data: bool, deep: bool) -> list[Problem]:
+    """Compressed MRCZ inside a whole-file stream: decompressed to an unnamed temporary
+    file (the chunks need random access), then checked there under ``name``."""
+    with tempfile.TemporaryFile() as spool:
+        try:
+            _rewind(f)
+            shutil.copyfileobj(f, spool, STREAM_READ_BYTES)
+        except MRCZError as err:
+            return [Problem(ERROR, str(err))]
+        spool.flush()
+        spool.seek(0)
+        with open(spool.fileno(), "rb", closefd=False) as copy:
+            return _validate(copy, name, check_data, deep)
 
 
 def _regular_size(f: Any) -> int | None:
@@ -92,12 +170,8 @@ def _regular_size(f: Any) -> int | None:
         return None
 
 
-def _check_header(raw: bytes, name: str) -> tuple[hdr.HeaderInfo | None, list[Problem]]:
-    """Header words: size, mode, dims (fatal), then map ID, stamp, sampling, ..."""
-    try:
-        info = hdr.parse_header(raw, name)
-    except MRCZError as err:
-        return None, [Problem(ERROR, str(err))]
+def _header_problems(info: hdr.HeaderInfo) -> list[Problem]:
+    """Map ID, machine stamp, sampling, space group, labels, version, exttyp."""
     rec = info.record
     problems: list[Problem] = []
     strict = ERROR if info.compressor is None else WARNING
@@ -124,7 +198,7 @@ def _check_header(raw: bytes, name: str) -> tuple[hdr.HeaderInfo | None, list[Pr
     if info.legacy_mrcz:
         problems.append(Problem(WARNING, "old MRCZ layout (written by mrcz < 0.5: dimensions "
                                 "in mx, my, mz); upgrade it with `mrcz upgrade FOLDER`"))
-    return info, problems
+    return problems
 
 
 def _check_sampling(info: hdr.HeaderInfo, severity: str) -> list[Problem]:
@@ -153,6 +227,16 @@ def _check_meta(f: Any, info: hdr.HeaderInfo, name: str) -> list[Problem]:
     return []
 
 
+def _check_meta_length(src: MRCSource) -> list[Problem]:
+    """JSON metadata the reader decoded must fill the extended header (a stream may end
+    inside its padding)."""
+    info = src.info
+    if not info.extended_bytes or bytes(info.record["exttyp"]) != b"json" \
+            or len(src.extended) == info.extended_bytes:
+        return []
+    return [Problem(ERROR, f"file ends inside the {info.extended_bytes}-byte extended header")]
+
+
 def _check_plain_size(info: hdr.HeaderInfo, size: int) -> list[Problem]:
     need = info.data_offset + hdr.stored_nbytes(info)
     if size < need:
@@ -164,12 +248,11 @@ def _check_plain_size(info: hdr.HeaderInfo, size: int) -> list[Problem]:
     return []
 
 
-def _check_chunks(f: Any, info: hdr.HeaderInfo, size: int, name: str,
+def _check_chunks(fd: int, info: hdr.HeaderInfo, size: int, name: str,
                   check_data: bool = True) -> list[Problem]:
     """Every chunk header consistent with the dimensions; sizes add up; the frame index
     matches the chunks and (``check_data``) every chunk its CRC-32C."""
     nz, ny, nx = info.shape
-    fd = f.fileno()
     try:
         index = frameindex.read_index(fd, size, name)
     except MRCZError as err:
@@ -249,18 +332,18 @@ def _check_no_index(size: int, end: int, nz: int) -> list[Problem]:
     return [Problem(ERROR, f"{extra} bytes follow the last chunk")]
 
 
-def _check_stream(path: Any, info: hdr.HeaderInfo) -> list[Problem]:
-    """Decompress a whole-file gzip/bzip2/zstd stream to its end (where the codec checks
-    its CRC or checksum); its content must be as long as the header describes."""
+def _check_stream(f: BinaryIO, info: hdr.HeaderInfo) -> list[Problem]:
+    """Decompress a whole-file gzip/bzip2/zstd stream from its start to its end (where the
+    codec checks its CRC or checksum); its content must be as long as the header says."""
     need = info.data_offset + hdr.stored_nbytes(info)
     total, buffer = 0, memoryview(bytearray(STREAM_READ_BYTES))
     try:
-        with open_for_read(path) as f:
-            while True:
-                n = f.readinto(buffer)
-                if not n:
-                    break
-                total += n
+        _rewind(f)
+        while True:
+            n = f.readinto(buffer)
+            if not n:
+                break
+            total += n
     except MRCZError as err:
         return [Problem(ERROR, str(err))]
     if total < need:
@@ -272,28 +355,23 @@ def _check_stream(path: Any, info: hdr.HeaderInfo) -> list[Problem]:
     return []
 
 
-def _check_frames(path: Any) -> list[Problem]:
-    """Decode every z-slice (checked against the frame index where there is one)."""
-    try:
-        for _ in iter_frames(path):
-            pass
-    except MRCZError as err:
-        return [Problem(ERROR, f"data cannot be read: {err}")]
-    return []
-
-
-def _check_statistics(path: Any, info: hdr.HeaderInfo, seekable: bool = True
-                      ) -> list[Problem]:
-    """Header dmin, dmax, dmean, rms against the data (or marked unknown)."""
-    rec = info.record
+def _check_data(src: MRCSource, deep: bool) -> list[Problem]:
+    """One pass over the data: every z-slice decoded (``deep``; checked against the frame
+    index where there is one) and the header statistics checked against them."""
+    rec = src.info.record
     dmin, dmax, dmean, rms = (float(rec[k]) for k in ("dmin", "dmax", "dmean", "rms"))
-    if dmax < dmin:
-        return []  # MRC2014: statistics not known
+    known = dmax >= dmin  # MRC2014: dmax < dmin means not known
+    if not (known or deep):
+        return []
     try:
-        total = _data_stats(path, seekable)
+        if src.fd is None:
+            _rewind(src.file)  # a stream read to its end by the stream check
+        total = _data_stats(MRCZReader.of_source(src), stop_at_complex=not deep)
     except MRCZError as err:
         return [Problem(ERROR, f"data cannot be read: {err}")]
-    if total is None:
+    if not known:
+        return []
+    if not total.known:
         return [Problem(WARNING, "statistics of complex data not checked")]
     actual = {"minimum": total.minimum, "maximum": total.maximum, "mean": total.mean}
     stated = {"minimum": dmin, "maximum": dmax, "mean": dmean}
@@ -309,21 +387,12 @@ def _check_statistics(path: Any, info: hdr.HeaderInfo, seekable: bool = True
             if not np.isclose(stated[key], actual[key], rtol=STATS_RTOL, atol=1e-6 * scale)]
 
 
-def _data_stats(path: Any, seekable: bool) -> Stats | None:
-    """Exact min, max, mean and variance of the data, one z-slice at a time."""
+def _data_stats(frames: Iterable[np.ndarray], stop_at_complex: bool) -> Stats:
+    """Exact min, max, mean and variance of the z-slices (not known for complex data;
+    ``stop_at_complex``: then the rest is not read)."""
     total = Stats()
-    for frame in _slices(path, seekable):
-        if frame.dtype.kind == "c":
-            return None
+    for frame in frames:
         total.add(Stats.of_frame(frame, with_rms=True))
+        if not total.known and stop_at_complex:
+            break
     return total
-
-
-def _slices(path: Any, seekable: bool) -> Iterator[np.ndarray]:
-    """The z-slices of a file: streamed from a regular file, else read whole (a
-    whole-file compressed stream only reads forwards)."""
-    if seekable:
-        return iter_frames(path)
-    image, _ = readMRC(path)
-    data = np.stack(image) if isinstance(image, list) else np.asarray(image)
-    return iter(data.reshape(-1, *data.shape[-2:]))

@@ -44,7 +44,7 @@ from .frames import FrameSource, frame_source
 from .stats import Stats
 from .units import ANGSTROM
 from .workers import ordered_map, threads
-from .writer import carry_onto, check_compressor, plan_write, put_stats, stats_wanted, stored_slice
+from .writer import check_compressor, finish_header, plan_file, stats_wanted, stored_slice
 
 #: File name endings that select a whole-file codec when writing.
 SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".zst": "zstd"}
@@ -57,7 +57,9 @@ _SKIP_BUFFER = 2**20
 MAX_TRAILING_BYTES = 16 * 2**20
 _ZSTD_READ_BYTES = 2**20
 _READ_CAP = 4 * 2**20  # largest read asked of the gzip and bzip2 readers at once
-_PROBE_BYTES = 4 * 2**20  # more than one bzip2 block (900 kB), whose CRC comes at its end
+#: Bytes decoded after a stream's header that is not an MRC header, so that corrupt data
+#: show as such (more than one bzip2 block, 900 kB, whose CRC comes at its end).
+PROBE_BYTES = 4 * 2**20
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: What the codecs raise on bad data (OSError only without an errno: BadGzipFile, bz2).
@@ -98,21 +100,35 @@ class StreamReader(io.RawIOBase):
     ``pread``) fails instead of reading compressed bytes as data.
     """
 
-    def __init__(self, raw: BinaryIO, codec: str, name: str) -> None:
+    def __init__(self, raw: BinaryIO, codec: str, name: str, closefd: bool = True) -> None:
         super().__init__()
         self.name, self.codec = name, codec
-        self._raw = raw
+        self._raw, self._closefd = raw, closefd
+        self._stream: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        """Start decompressing at the current position of the raw file."""
         self._pos = 0
         self._pending = b""
-        if codec == "gzip":
-            self._stream: Any = gzip.GzipFile(fileobj=raw, mode="rb")
-        elif codec == "bzip2":
-            self._stream = bz2.BZ2File(raw, mode="rb")
+        if self.codec == "gzip":
+            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
+        elif self.codec == "bzip2":
+            self._stream = bz2.BZ2File(self._raw, mode="rb")
         else:
             self._stream = zstandard.ZstdDecompressor().stream_reader(
-                raw, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False)
+                self._raw, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False)
         self._limit: int | None = None
-        self._limit = _stream_limit(self.peek_header(), name)
+        self._limit = _stream_limit(self.peek_header(), self.name)
+
+    def restart(self) -> None:
+        """Read the stream again from its start: the raw file is sought back to 0 and
+        decompressed anew (the raw file must be seekable)."""
+        if self.closed:
+            raise ValueError(f"{self.name}: the {self.codec} stream is closed")
+        self._stream.close()  # the codec's reader only: the raw file stays open
+        self._raw.seek(0)
+        self._start()
 
     def _check_limit(self, view: memoryview) -> memoryview:
         """``view`` cut to what may still be decompressed; refuse a stream that holds more."""
@@ -249,19 +265,20 @@ class StreamReader(io.RawIOBase):
                 if getattr(self, "_stream", None) is not None:
                     self._stream.close()
             finally:
-                self._raw.close()
+                if getattr(self, "_closefd", True):
+                    self._raw.close()
         super().close()
 
 
 def _stream_limit(head: bytes, name: str) -> int:
     """Most bytes a stream starting with ``head`` may decompress to: the MRC file its
     header describes plus :data:`MAX_TRAILING_BYTES`; a stream without a valid MRC
-    header gets enough to show what it is (:data:`_PROBE_BYTES`)."""
+    header gets enough to show what it is (:data:`PROBE_BYTES`)."""
     try:
         info = hdr.parse_header(head, name)
         size = info.data_offset + hdr.stored_nbytes(info)
     except (ValueError, TypeError, OverflowError):
-        return hdr.HEADER_BYTES + _PROBE_BYTES
+        return hdr.HEADER_BYTES + PROBE_BYTES
     return size + MAX_TRAILING_BYTES
 
 
@@ -304,15 +321,19 @@ def _zstd_blocks_end(fd: int, pos: int) -> int:
             return pos
 
 
-def _refuse_mrcz(stream: StreamReader, head: bytes, codec: str, name: str) -> None:
-    """Compressed MRCZ inside a whole-file stream cannot be indexed: refuse it."""
+def _check_content(stream: StreamReader, head: bytes, codec: str, name: str,
+                   refuse_mrcz: bool) -> None:
+    """Arm the end-of-stream check of plain MRC content (reading its data block to the end
+    verifies the codec's checksum); refuse compressed MRCZ, which a stream cannot index,
+    unless ``refuse_mrcz`` is False."""
     try:
         info = hdr.parse_header(head, name)
     except (ValueError, TypeError):
-        stream.probe(_PROBE_BYTES)  # garbage may be corrupt data the codec detects later
+        stream.probe(PROBE_BYTES)  # garbage may be corrupt data the codec detects later
         return  # not an MRC header: readMRC reports it in its own words
-    stream.expect_end(info.data_offset + hdr.stored_nbytes(info))
-    if info.compressor is not None:
+    if info.compressor is None:
+        stream.expect_end(info.data_offset + hdr.stored_nbytes(info))
+    elif refuse_mrcz:
         raise UnsupportedError(f"{name}: compressed MRCZ ({info.compressor}, mode "
                                f"{int(info.record['mode'])}) inside a whole-file {codec} "
                                f"stream is not supported; decompress the {codec} layer "
@@ -335,12 +356,15 @@ def open_for_read(path: str | os.PathLike, memmap: bool = False) -> BinaryIO:
     return wrap(open(path, "rb"), describe(path), memmap)
 
 
-def wrap(raw: BinaryIO, name: str, memmap: bool = False, refuse_mrcz: bool = True) -> BinaryIO:
+def wrap(raw: BinaryIO, name: str, memmap: bool = False, refuse_mrcz: bool = True,
+         closefd: bool = True) -> BinaryIO:
     """``raw`` (a file open for binary reading, at its start) itself, or a decompressing
     stream over it when its content is gzip, bzip2 or zstd; closes ``raw`` on error.
 
     ``refuse_mrcz=False`` returns a stream even when it holds compressed MRCZ (which
-    cannot be read from a stream), for a caller that copies it out first.
+    cannot be read from a stream), for a caller that copies it out first. A stream
+    of plain MRC checks its CRC or checksum once its data block is read to the end.
+    ``closefd=False``: neither an error nor closing the stream closes ``raw``.
     """
     try:
         codec = detect(raw.read(4))
@@ -350,13 +374,13 @@ def wrap(raw: BinaryIO, name: str, memmap: bool = False, refuse_mrcz: bool = Tru
         if memmap:
             raise UnsupportedError(f"{name}: cannot memory-map a {codec}-compressed file; "
                                    "read it with useMemmap=False")
-        stream = StreamReader(raw, codec, name)
+        stream = StreamReader(raw, codec, name, closefd)
     except BaseException:
-        raw.close()
+        if closefd:
+            raw.close()
         raise
     try:
-        if refuse_mrcz:
-            _refuse_mrcz(stream, stream.peek_header(), codec, name)
+        _check_content(stream, stream.peek_header(), codec, name, refuse_mrcz)
     except BaseException:
         stream.close()
         raise
@@ -373,16 +397,6 @@ def check_level(codec: str, clevel: int, name: str) -> int:
         raise ValueError(f"{name}: {codec} levels are {allowed.start}..{allowed.stop - 1}, "
                          f"got clevel={clevel}")
     return level
-
-
-def _plan(input_image: Any, name: str, meta: dict | None, endian: str, dtype: Any,
-          pixelsize: Any, pixelunits: str, voltage: float, C3: float,
-          gain: float) -> tuple[FrameSource, np.dtype, int, np.ndarray, bytes]:
-    """What ``writeMRC`` decides for a plain file: source, stored dtype, mode, header, JSON."""
-    source = frame_source(input_image, name)
-    plan = plan_write(source, dtype, name, meta, endian, pixelsize, pixelunits, voltage,
-                           C3, gain, None, 0)
-    return source, plan.stored, plan.mode, plan.header(source), plan.meta_bytes
 
 
 def _gather_stats(source: FrameSource, with_rms: bool | None, n_threads: int) -> Stats:
@@ -510,20 +524,16 @@ def write(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None = 
     if template is not None and not isinstance(template, carry.Template):
         raise TypeError(f"{name}: template must be a mrcz.carry.Template (writeMRC opens "
                         "a path given as template)")
-    if template is not None:
-        meta = carry.output_meta(template, meta, compressed=False)
-    source, stored, mode, rec, meta_bytes = _plan(input_image, name, meta, endian, dtype,
-                                                  pixelsize, pixelunits, voltage, C3, gain)
-    if template is not None:
-        meta_bytes = carry_onto(template, rec, meta_bytes, False, meta, name)
-    put_stats(rec, _gather_stats(source, stats_wanted(quickStats, None), n_threads))
-    if template is not None:
-        carry.statistics_onto(template, rec)
+    source = frame_source(input_image, name)
+    plan, rec, meta_bytes = plan_file(source, dtype, name, meta, endian, pixelsize, pixelunits,
+                                      voltage, C3, gain, None, 0, template)
+    finish_header(rec, _gather_stats(source, stats_wanted(quickStats, None), n_threads),
+                  template)
     prefix = rec.tobytes() + meta_bytes
-    slices = _stored_bytes(source, stored, mode, name)
+    slices = _stored_bytes(source, plan.stored, plan.mode, name)
     with atomic_output(MRCfilename, durable=durable) as f:
         if codec == "zstd":
-            total = len(prefix) + _data_nbytes(source, stored, mode)
+            total = len(prefix) + _data_nbytes(source, plan.stored, plan.mode)
             _write_zstd(f, level, prefix, slices, total, n_threads)
         else:
             _write_pieces(f, codec, level, prefix, slices, n_threads)

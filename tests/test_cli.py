@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 import mrcz
 from conftest import CORPUS, NO_CORPUS, REPO
-from mrcz import cli
+from mrcz import cli, wholefile
 from mrcz.cli import main
 from mrcz.validate import is_valid, validate_file
 
@@ -167,6 +168,69 @@ def test_validate_whole_file_compressed(capsys, counts, tmp_path, suffix) -> Non
     assert code == 0 and "valid" in out, err
 
 
+def _mrcz_in_gzip(data: np.ndarray, path: Path, damage=lambda raw: raw) -> Path:
+    """An MRCZ file of ``data``, its bytes passed through ``damage``, inside gzip."""
+    plain = path.with_name("inner.mrcz")
+    mrcz.writeMRC(data, plain, compressor="zstd")
+    with open(path, "wb") as f:
+        wholefile.compress_to(f, "gzip", damage(plain.read_bytes()))
+    plain.unlink()
+    return path
+
+
+def _flip(raw: bytes, at: int) -> bytes:
+    changed = bytearray(raw)
+    changed[at] ^= 0xFF
+    return bytes(changed)
+
+
+def test_validate_damaged_mrcz_in_gzip_names_the_users_file(capsys, counts, tmp_path) -> None:
+    _, data = counts
+    damaged = _mrcz_in_gzip(data, tmp_path / "damaged.mrcz.gz", lambda raw: _flip(raw, -200))
+    code, out, err = run_main(capsys, "validate", str(damaged))
+    assert code == 1 and f"{damaged}: INVALID" in out and "damaged" in out, (out, err)
+    assert str(damaged) in out.split("INVALID", 1)[1]  # the problem names the user's file
+    assert os.path.join(tempfile.gettempdir(), "mrcz-") not in out + err
+    report = json.loads(run_main(capsys, "validate", "--json", str(damaged))[1])
+    assert report[0]["status"] == "invalid"
+    assert all(str(damaged) in p["message"] for p in report[0]["problems"]
+               if "chunk" in p["message"])
+
+
+def test_validate_truncated_mrcz_in_gzip_is_invalid(capsys, counts, tmp_path) -> None:
+    path, data = counts
+    whole = _mrcz_in_gzip(data, tmp_path / "whole.mrcz.gz")
+    cut = tmp_path / "cut.mrcz.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    code, out, err = run_main(capsys, "validate", str(cut), str(path))
+    assert code == 1, (out, err)
+    assert f"{cut}: INVALID" in out and f"{path}: valid" in out, (out, err)
+    assert "Traceback" not in err and "error:" not in err, err
+
+
+@pytest.mark.parametrize("damage", ["checksum", "trailing garbage"])
+@pytest.mark.parametrize("codec", [".gz", ".zst"])
+@pytest.mark.parametrize("command", ["compress", "decompress", "convert"])
+def test_conversion_of_a_stream_failing_its_check_writes_nothing(capsys, tmp_path, rng,
+                                                                 damage, codec,
+                                                                 command) -> None:
+    """The stream's check comes after the data block (large enough that reading the data
+    does not reach it): the output must not appear before the input has passed it."""
+    data = rng.poisson(2.0, (8, 256, 256)).astype(np.float32)
+    good = tmp_path / f"good.mrc{codec}"
+    mrcz.writeMRC(data, good)
+    raw = good.read_bytes()
+    bad = tmp_path / f"bad.mrc{codec}"
+    at = -8 if codec == ".gz" else -2  # the gzip CRC-32, the zstd content checksum
+    bad.write_bytes(_flip(raw, at) if damage == "checksum" else raw + b"garbage!" * 4)
+    out = tmp_path / ("out.mrcz" if command != "decompress" else "out.mrc")
+    argv = [command, str(bad), str(out)] if command == "convert" else \
+        [command, str(bad), "-o", str(out)]
+    code, _, err = run_main(capsys, *argv)
+    assert code == 1 and f"{bad}: corrupt" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.name, bad.name])
+
+
 @needs_corpus
 def test_validate_reports_old_layout_and_original_statistics() -> None:
     problems = validate_file(CORPUS / "mrcz041" / "mrcz041_zstd_uint16.mrcz")
@@ -265,7 +329,7 @@ def test_convert_whole_file_compressed_round_trip(capsys, counts, tmp_path, suff
     path, data = counts
     packed = tmp_path / f"c{suffix}"
     assert run_main(capsys, "convert", str(path), str(packed), "--verify")[0] == 0
-    assert cli.whole_file_codec(packed) is not None
+    assert wholefile.detect(packed.read_bytes()[:4]) is not None
     back = tmp_path / "back.mrcz"
     assert run_main(capsys, "convert", str(packed), str(back), "--verify")[0] == 0
     np.testing.assert_array_equal(_data(back), data)

@@ -389,13 +389,13 @@ def make_movie(tmp_path) -> tuple[Path, np.ndarray]:
 def test_frame_k_without_decompressing_the_rest(tmp_path, monkeypatch):
     name, movie = make_movie(tmp_path)
     asked = []
-    real = mrcz.fileobject.readMRC
+    real = mrcz.fileobject.read_image
 
-    def spy(path, **kwargs):
+    def spy(src, **kwargs):
         asked.append(kwargs.get("idx"))
-        return real(path, **kwargs)
+        return real(src, **kwargs)
 
-    monkeypatch.setattr(mrcz.fileobject, "readMRC", spy)
+    monkeypatch.setattr(mrcz.fileobject, "read_image", spy)
     with mrcz.open(name) as mrc:
         assert len(mrc) == 7 and mrc.is_image_stack()
         np.testing.assert_array_equal(mrc.read_frame(5), movie[5])

@@ -385,3 +385,27 @@ def test_read_holds_the_image_once(tmp_path, rng, codec) -> None:
         tracemalloc.stop()
     np.testing.assert_array_equal(back, image)
     assert peak < 1.5 * image.nbytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_restart_reads_the_stream_again_on_the_same_handle(tmp_path, rng, codec) -> None:
+    path = written(tmp_path, counted(rng), codec)
+    plain = tmp_path / "plain.mrc"
+    plain.write_bytes(wholefile.open_for_read(path).read())
+    with open(path, "rb") as raw:
+        stream = wholefile.StreamReader(raw, codec, str(path), closefd=False)
+        assert stream.read(100) == plain.read_bytes()[:100]
+        stream.seek(2000)
+        stream.restart()
+        assert stream.tell() == 0
+        assert stream.read() == plain.read_bytes()
+        stream.restart()
+        stream.seek(1024)
+        assert stream.read(50) == plain.read_bytes()[1024:1074]
+        stream.close()
+        assert not raw.closed  # closefd=False: the caller's file stays open
+        raw.seek(0)
+        assert raw.read() == path.read_bytes()
+    stream.close()
+    with pytest.raises(ValueError, match="closed"):
+        stream.restart()
