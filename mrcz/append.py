@@ -14,7 +14,7 @@ from .casting import check_values
 from .errors import FormatError, UnsupportedError
 from .fileops import named_error, open_for_update
 from .frames import FrameSource
-from .reader import read_header_and_meta
+from .reader import MRCSource
 from .stats import Stats
 from .writer import FrameAppender, put_stats
 
@@ -58,7 +58,7 @@ def _update(source: FrameSource, path: str | os.PathLike, idx: int, clevel: int,
             backend: str | None, n_threads: int, with_rms: bool, name: str,
             casting: str) -> None:
     with open_for_update(path) as f:
-        info, _ = read_header_and_meta(f, name)
+        info = MRCSource(f, name, path).info  # parsed off the update handle; f stays open
         _check_source_values(source, info, casting, name)
         nz, ny, nx = info.shape
         if source.shape[1:] != (ny, nx):

@@ -29,22 +29,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
-
-from . import wholefile
 from .fileops import atomic_output
-from .dm import dm_header_for_mrc, readDM
+from .dm import dm_header_for_mrc, open_unless_dm, readDM
 from .errors import MRCZError
-from .framespans import index_frames
-from .mrc import readMRCHeader, writeMRC
+from .mrc import writeMRC
 from .reader import MRCSource, read_image
+from .stream import MRCZReader
 from .units import ANGSTROM
 from .progress import Progress
 
 __all__ = ["Job", "Result", "convert_files", "convert_file", "verify_output", "read_manifest"]
 
-#: DM3 and DM4 files start with their version as a big-endian int32.
-_DM_MAGICS = (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04")
 MANIFEST_FIELDS = ("source", "target", "source_bytes", "target_bytes", "ratio", "sha256",
                    "seconds", "status", "error")
 _HASH_BLOCK = 4 * 2**20
@@ -93,35 +88,47 @@ def convert_file(job: Job, n_threads: int = 1) -> None:
 
     The source's header carries over as ``mrcz compress`` carries it (voxel size,
     voltage, C3, gain, JSON metadata and, through :mod:`mrcz.carry`, every field
-    the data do not decide), so outputs are byte-identical to the command's. Large inputs
-    are read frame by frame while the output is written (bounded memory); the
-    output appears only once it is complete. ``n_threads``: frames compressed at once.
+    the data do not decide), so outputs are byte-identical to the command's. The
+    source is opened once; arrays in regular files are read frame by frame while
+    the output is written (bounded memory); the output appears only once it is
+    complete. ``n_threads``: frames compressed at once.
     """
-    image, kwargs = _load(job.source)
     compressor = job.compressor if job.target.lower().endswith(".mrcz") else None
-    writeMRC(image, job.target, compressor=compressor, clevel=job.clevel,
-             n_threads=n_threads, **kwargs)
+    with _open_image(job.source) as (image, kwargs):
+        writeMRC(image, job.target, compressor=compressor, clevel=job.clevel,
+                 n_threads=n_threads, **kwargs)
 
 
-def _load(source: str) -> tuple[Any, dict]:
-    """The image (lazy where the file allows) and writeMRC keywords that keep its header."""
-    raw = open(source, "rb")
-    if raw.read(4) in _DM_MAGICS:
-        raw.close()
+@contextlib.contextmanager
+def _open_image(source: str) -> Iterator[tuple[Any, dict]]:
+    """The image and the writeMRC keywords that keep its header, from one open of
+    ``source``: a frame reader of an array in a regular file (open in the block),
+    else read whole and closed first (a stream's checksum checked at its end)."""
+    raw = open_unless_dm(source)
+    if raw is None:
         image, meta = readDM(source, lazy=True)
-        return image, {"pixelunits": ANGSTROM, **dm_header_for_mrc(meta)}
-    raw.seek(0)
-    with MRCSource.wrap(raw, source) as src:  # the one open of the source
-        info, meta = src.info, src.meta
-        image, header = read_image(src, memmap=src.fd is not None)
-        template = src.template  # the rest of the source's header
+        yield image, {"pixelunits": ANGSTROM, **dm_header_for_mrc(meta)}
+        return
+    with MRCSource.wrap(raw, source) as src:
+        if src.fd is not None and not src.slices():
+            reader = MRCZReader.of_source(src, n_threads=1)  # closed with src
+            yield reader, _keywords(src, reader.header)
+            return
+        image, header = read_image(src)
+        kwargs = _keywords(src, header)
+    yield image, kwargs
+
+
+def _keywords(src: MRCSource, header: dict) -> dict:
+    """writeMRC keywords that keep the header of ``src`` (``header``: its header dict)."""
+    info, template = src.info, src.template  # the template: the rest of the header
     kwargs: dict = {"pixelsize": header["pixelsize"], "pixelunits": ANGSTROM,
                     "endian": header["endian"], "template": template}
     if info.extended_bytes and info.record["exttyp"] == b"json":
-        kwargs["meta"] = meta
+        kwargs["meta"] = src.meta
     if template.holds_microscope_values:  # other writers leave these words undefined
         kwargs.update(voltage=header["voltage"], C3=header["C3"], gain=header["gain"] or None)
-    return image, {key: value for key, value in kwargs.items() if value is not None}
+    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 def verify_output(job: Job, sha256: str = "") -> str | None:
@@ -130,34 +137,46 @@ def verify_output(job: Job, sha256: str = "") -> str | None:
     It must parse, hold as many slices of the same shape as the source, and
     (compressed outputs) every chunk header must be whole and its last frame
     decode; with ``sha256`` (from an earlier manifest) its checksum must match.
+    Source and target are opened once each.
     """
     try:
-        want = readMRCHeader(job.source)[0]["dimensions"] if not _is_dm(job.source) else None
-        if wholefile.codec_for_name(job.target):
-            got = readMRCHeader(job.target)[0]["dimensions"]
-        else:
-            index = index_frames(job.target)
-            got = np.array(index.shape)
-            index.read(index.shape[0] - 1, 1)
+        want = _source_shape(job.source)
+        got, digest = _read_back(job.target, bool(sha256))
     except (MRCZError, OSError, ValueError) as err:
         return f"{job.target} does not read back: {err}"
     if want is not None and tuple(want) != tuple(got):
         return f"{job.target} holds shape {tuple(got)}, the source {tuple(want)}"
-    if sha256 and _sha256(job.target) != sha256:
+    if digest != sha256:
         return f"{job.target} does not match the checksum in the manifest"
     return None
 
 
-def _is_dm(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) in _DM_MAGICS
+def _source_shape(path: str) -> tuple[int, ...] | None:
+    """The shape of an MRC/MRCZ source's z-slices (None for a DM file)."""
+    raw = open_unless_dm(path)
+    if raw is None:
+        return None
+    with MRCSource.wrap(raw, path) as src:
+        return src.info.shape
 
 
-def _sha256(path: str) -> str:
+def _read_back(path: str, hashed: bool) -> tuple[tuple[int, ...], str]:
+    """The shape of ``path``'s z-slices, its last slice decoded (a .gz/.bz2/.zst
+    stream: its header read), and its SHA-256 if ``hashed`` (else '')."""
+    raw = open(path, "rb")
+    with MRCSource.wrap(raw, path) as out:
+        if out.fd is not None:
+            MRCZReader.of_source(out, n_threads=1).read(-1)  # the last slice decodes
+        return out.info.shape, _sha256(raw.fileno()) if hashed else ""
+
+
+def _sha256(fd: int) -> str:
+    """SHA-256 of the whole file open as ``fd`` (read by position: no seek)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-            digest.update(block)
+    offset = 0
+    while block := os.pread(fd, _HASH_BLOCK, offset):
+        digest.update(block)
+        offset += len(block)
     return digest.hexdigest()
 
 
@@ -182,9 +201,11 @@ def run_job(job: Job, convert: Converter = convert_file, n_threads: int = 1,
 
 
 def _result(job: Job, status: str, seconds: float) -> Result:
-    source_bytes, target_bytes = os.path.getsize(job.source), os.path.getsize(job.target)
+    source_bytes = os.path.getsize(job.source)
+    with open(job.target, "rb") as f:
+        target_bytes, sha256 = os.fstat(f.fileno()).st_size, _sha256(f.fileno())
     return Result(job.source, job.target, source_bytes, target_bytes,
-                  round(source_bytes / max(target_bytes, 1), 4), _sha256(job.target),
+                  round(source_bytes / max(target_bytes, 1), 4), sha256,
                   round(seconds, 4), status)
 
 

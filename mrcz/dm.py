@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -352,6 +352,26 @@ def _parse(f: Any, name: str, lean: bool = False) -> _DMFile:
     parser = _TagParser(window, version, "<" if flag else ">")
     tags, _ = parser.group(head + 4, 0, _LEAN if lean else None)
     return _DMFile(name, version, parser.order, tags)
+
+
+#: The first four bytes of a DM3 and of a DM4 file (its big-endian version number).
+DM_MAGICS = (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04")
+
+
+def open_unless_dm(path: str | os.PathLike) -> BinaryIO | None:
+    """``path`` open for binary reading at its start, or None (closed again) when its
+    first bytes say it is a DM3/DM4 file."""
+    raw = open(path, "rb")
+    try:
+        magic = raw.read(4)
+        raw.seek(0)
+    except BaseException:
+        raw.close()
+        raise
+    if magic in DM_MAGICS:
+        raw.close()
+        return None
+    return raw
 
 
 def _open_dm(filename: Any, lean: bool = False) -> tuple[Any, _DMFile]:

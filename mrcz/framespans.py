@@ -162,24 +162,29 @@ def index_frames(path: str | os.PathLike, convention: str = "ccpem") -> FrameInd
     path = os.path.abspath(os.fspath(path))
     with open(path, "rb") as f:
         info = hdr.parse_header(f.read(hdr.HEADER_BYTES), name, convention)
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        nz, ny, nx = info.shape
-        if info.compressor is None:
-            slice_bytes = hdr.stored_nbytes(info) // nz
-            end = info.data_offset + nz * slice_bytes
-            if end > size:
-                raise CorruptDataError(f"{name}: file is {size} bytes but its header "
-                                       f"describes {end} (truncated or not an MRC file)")
-            offsets = info.data_offset + slice_bytes * np.arange(nz + 1, dtype=np.int64)
-        else:
-            if info.mode == hdr.MODE_UINT4:
-                raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
-            chunks = codec.chunk_table(fd, info.data_offset, nz, size,
-                                       ny * nx * info.dtype.itemsize, name).chunks
-            offsets = np.array([offset for offset, _ in chunks] + [sum(chunks[-1])],
-                               dtype=np.int64)
-    return FrameIndex(path, FrameFormat.of(info, name), offsets)
+        return index_open_file(path, info, f.fileno(), name)
+
+
+def index_open_file(path: str, info: hdr.HeaderInfo, fd: int, name: str) -> FrameIndex:
+    """As :func:`index_frames`, for the file ``path`` already open as ``fd``, its header
+    parsed into ``info`` (nothing is opened or parsed again)."""
+    size = os.fstat(fd).st_size
+    nz, ny, nx = info.shape
+    if info.compressor is None:
+        slice_bytes = hdr.stored_nbytes(info) // nz
+        end = info.data_offset + nz * slice_bytes
+        if end > size:
+            raise CorruptDataError(f"{name}: file is {size} bytes but its header "
+                                   f"describes {end} (truncated or not an MRC file)")
+        offsets = info.data_offset + slice_bytes * np.arange(nz + 1, dtype=np.int64)
+    else:
+        if info.mode == hdr.MODE_UINT4:
+            raise UnsupportedError(f"{name}: compressed uint4 (mode 101) is not defined")
+        chunks = codec.chunk_table(fd, info.data_offset, nz, size,
+                                   ny * nx * info.dtype.itemsize, name).chunks
+        offsets = np.array([offset for offset, _ in chunks] + [sum(chunks[-1])],
+                           dtype=np.int64)
+    return FrameIndex(os.path.abspath(path), FrameFormat.of(info, name), offsets)
 
 
 def file_identity(path: str | os.PathLike) -> tuple[Any, ...]:

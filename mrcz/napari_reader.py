@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .dm import dm_header_for_mrc, readDM
-from .mrc import readMRCHeader
-from .todask import to_dask
+from .reader import MRCSource
+from .todask import source_to_dask, to_dask
 
 #: Names this reader accepts (also listed in napari.yaml).
 SUFFIXES = (".mrc", ".mrcs", ".mrcz", ".map", ".st", ".ali", ".dm3", ".dm4",
@@ -37,8 +37,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 
 
 def _layer(path: str) -> LayerData:
-    data = to_dask(path)
-    zyx = _voxel_size(path)
+    data, zyx = _dm_layer(path) if path.lower().endswith(_DM_SUFFIXES) else _mrc_layer(path)
     scale = [float(s) for s in zyx][-data.ndim:]
     scale = [scale[0]] * (data.ndim - len(scale)) + scale
     attributes = {"name": os.path.basename(path), "scale": scale,
@@ -46,10 +45,15 @@ def _layer(path: str) -> LayerData:
     return data, attributes, "image"
 
 
-def _voxel_size(path: str) -> list[float]:
-    """``[z, y, x]`` in Angstrom (1.0 where the file does not say)."""
-    if path.lower().endswith(_DM_SUFFIXES):
-        _, meta = readDM(path, lazy=True)
-        return list(dm_header_for_mrc(meta).get("pixelsize", [1.0, 1.0, 1.0]))
-    header, _ = readMRCHeader(path)
-    return [float(s) if s > 0 else 1.0 for s in header["pixelsize"]]
+def _mrc_layer(path: str) -> tuple[Any, list[float]]:
+    """The frames of an MRC/MRCZ file and its ``[z, y, x]`` voxel size in Angstrom (1.0
+    where the file does not say), from one open of the file."""
+    with MRCSource.open(path, permissive=True) as src:
+        zyx = [float(s) if s > 0 else 1.0 for s in src.header_dict()["pixelsize"]]
+        return source_to_dask(src), zyx
+
+
+def _dm_layer(path: str) -> tuple[Any, list[float]]:
+    """The frames of a DM3/DM4 file and its ``[z, y, x]`` voxel size in Angstrom."""
+    _, meta = readDM(path, lazy=True)
+    return to_dask(path), list(dm_header_for_mrc(meta).get("pixelsize", [1.0, 1.0, 1.0]))

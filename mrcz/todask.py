@@ -23,15 +23,12 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from . import wholefile
-from .dm import DMFrameReader
-from .framespans import file_identity, index_frames, read_span
-from .mrc import readMRC, readMRCHeader
+from .dm import DMFrameReader, open_unless_dm
+from .framespans import file_identity, index_open_file, read_span
+from .mrc import readMRC
+from .reader import MRCSource, native_dtype
 
-__all__ = ["to_dask", "read_span", "read_stream_frames", "read_dm_frames"]
-
-#: DM3 and DM4 files start with their version as a big-endian int32.
-_DM_MAGICS = (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04")
+__all__ = ["to_dask", "source_to_dask", "read_span", "read_stream_frames", "read_dm_frames"]
 
 
 def to_dask(path: str | os.PathLike, frames_per_chunk: int = 1, image: int | None = None
@@ -49,28 +46,52 @@ def to_dask(path: str | os.PathLike, frames_per_chunk: int = 1, image: int | Non
     A dask array of shape ``(frames, *frame_shape)``; nothing is read until it is
     computed, and computing a chunk reads only that chunk's frames.
     """
+    frames_per_chunk = check_frames_per_chunk(frames_per_chunk)
+    path = os.path.abspath(os.fspath(path))
+    raw = open_unless_dm(path)
+    if raw is None:
+        return dm_to_dask(path, frames_per_chunk, image)
+    with MRCSource.wrap(raw, path, permissive=True) as src:
+        return source_to_dask(src, frames_per_chunk)
+
+
+def source_to_dask(src: MRCSource, frames_per_chunk: int = 1) -> da.Array:
+    """:func:`to_dask` of the MRC/MRCZ file already open as ``src`` (nothing is reopened;
+    the tasks open the file by its absolute path when they run)."""
+    frames_per_chunk = check_frames_per_chunk(frames_per_chunk)
+    if src.fd is None:  # .gz, .bz2, .zst: forward only
+        frames, *frame_shape = src.info.shape
+        dtype = native_dtype(src.info)
+        tasks = [(read_stream_frames, src.path, first, count, tuple(frame_shape))
+                 for first, count in _runs(frames, frames_per_chunk)]
+    else:
+        index = index_open_file(src.path, src.info, src.fd, src.name)
+        frames, frame_shape, dtype = index.shape[0], index.shape[1:], index.dtype
+        tasks = [(read_span, span) for span in index.spans(frames_per_chunk)]
+    return _array(src.path, frames_per_chunk, None, tasks, frames, frame_shape, dtype)
+
+
+def dm_to_dask(path: str, frames_per_chunk: int, image: int | None) -> da.Array:
+    """:func:`to_dask` of the DM3/DM4 file ``path``."""
+    with DMFrameReader(path, image) as reader:
+        frames, frame_shape, dtype = len(reader), reader.frame_shape, reader.dtype
+    tasks = [(read_dm_frames, path, image, first, count)
+             for first, count in _runs(frames, frames_per_chunk)]
+    return _array(path, frames_per_chunk, image, tasks, frames, frame_shape, dtype)
+
+
+def check_frames_per_chunk(frames_per_chunk: int) -> int:
+    """``frames_per_chunk`` as an int; ValueError below 1."""
     frames_per_chunk = int(frames_per_chunk)
     if frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be at least 1, got {frames_per_chunk}")
-    path = os.path.abspath(os.fspath(path))
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    return frames_per_chunk
+
+
+def _array(path: str, frames_per_chunk: int, image: int | None, tasks: list,
+           frames: int, frame_shape: tuple, dtype: np.dtype) -> da.Array:
+    """The dask array of ``tasks``, one per run of ``frames_per_chunk`` frames."""
     name = "mrcz-" + tokenize(file_identity(path), frames_per_chunk, image)
-    if magic in _DM_MAGICS:
-        with DMFrameReader(path, image) as reader:
-            frames, frame_shape, dtype = len(reader), reader.frame_shape, reader.dtype
-        tasks = [(read_dm_frames, path, image, first, count)
-                 for first, count in _runs(frames, frames_per_chunk)]
-    elif wholefile.detect(magic):
-        header, _ = readMRCHeader(path)
-        frames, *frame_shape = (int(n) for n in header["dimensions"])
-        dtype = np.dtype(header["dtype"]).newbyteorder("=")
-        tasks = [(read_stream_frames, path, first, count, tuple(frame_shape))
-                 for first, count in _runs(frames, frames_per_chunk)]
-    else:
-        index = index_frames(path)
-        frames, frame_shape, dtype = index.shape[0], index.shape[1:], index.dtype
-        tasks = [(read_span, span) for span in index.spans(frames_per_chunk)]
     counts = tuple(count for _, count in _runs(frames, frames_per_chunk))
     zeros = (0,) * len(frame_shape)
     graph = {(name, i, *zeros): task for i, task in enumerate(tasks)}

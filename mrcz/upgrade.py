@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import filecmp
+import io
 import os
 import secrets
 import shutil
@@ -36,10 +36,12 @@ import blosc
 import numpy as np
 
 from . import codec, frameindex, header as hdr
-from .errors import MRCZError
-from .mrc import ANGSTROM, read_header_and_meta, readMRC, writeMRC
+from .errors import MRCZError, describe
+from .mrc import writeMRC
 from .progress import Progress
-from .stream import iter_frames
+from .reader import MRCSource
+from .stream import MRCZReader
+from .units import ANGSTROM
 
 try:
     import fcntl
@@ -55,6 +57,7 @@ MAX_PROBE_CHUNKS = 8
 DEFAULT_CLEVEL = 1
 _TEMP_TAG = ".mrcz-upgrade-"
 _LEVELS = range(1, 10)
+_COPY_BLOCK = 2**20
 
 UPGRADED, CURRENT, WOULD_UPGRADE, FAILED = "upgraded", "current", "would upgrade", "failed"
 
@@ -131,8 +134,12 @@ class UpgradeSummary:
 
 def needs_upgrade(path: str | os.PathLike) -> bool:
     """True when ``path`` is labelled ``MRCZ<version>`` with a version below 0.5."""
-    with open(path, "rb") as f:
-        info = hdr.parse_header(f.read(hdr.HEADER_BYTES), os.fspath(path))
+    with MRCSource.open(path) as src:
+        return is_legacy(src.info)
+
+
+def is_legacy(info: hdr.HeaderInfo) -> bool:
+    """True when the header is labelled ``MRCZ<version>`` with a version below 0.5."""
     return info.mrcz_version is not None and info.mrcz_version < CURRENT_FROM
 
 
@@ -166,17 +173,17 @@ def detect_clevel(path: str | os.PathLike) -> ClevelGuess:
     level is taken. A file that says lz4 is tried at lz4hc too (releases before
     0.6 recorded lz4hc as lz4); lz4 is kept unless only lz4hc reproduces the bytes.
     """
-    name = os.fspath(path)
-    with open(path, "rb") as f:
-        info, _ = read_header_and_meta(f, name)
-        if info.compressor is None:
-            return ClevelGuess(None, DEFAULT_CLEVEL, True, "plain file")
-        nz, ny, nx = info.shape
-        chunks = codec.index_chunks(f.fileno(), info.data_offset, nz,
-                                    os.fstat(f.fileno()).st_size,
-                                    ny * nx * info.dtype.itemsize, name)
-        raws = [os.pread(f.fileno(), size, offset)
-                for offset, size in chunks[:MAX_PROBE_CHUNKS]]
+    with MRCSource.open(path) as src:
+        return guess_clevel(src)
+
+
+def guess_clevel(src: MRCSource) -> ClevelGuess:
+    """:func:`detect_clevel` of the file already open as ``src``."""
+    info = src.info
+    if info.compressor is None:
+        return ClevelGuess(None, DEFAULT_CLEVEL, True, "plain file")
+    raws = [os.pread(src.fd, size, offset)
+            for offset, size in src.chunk_table().chunks[:MAX_PROBE_CHUNKS]]
     names = [info.compressor] + (["lz4hc"] if info.compressor == "lz4" else [])
     candidates = [(cname, level) for cname in names for level in _LEVELS]
     for raw in raws:
@@ -234,6 +241,8 @@ def upgrade_file(path: str | os.PathLike, backup: str | os.PathLike,
                  dry_run: bool = False) -> FileResult:
     """Upgrade one file in place if it needs it, keeping its original at ``backup``.
 
+    The file is opened once: its header decides, its chunks give the level, its
+    bytes make the backup and its frames the new file.
     Returns a :class:`FileResult`; errors are reported in it, never raised
     (except KeyboardInterrupt), and the original is then left untouched.
     """
@@ -242,12 +251,16 @@ def upgrade_file(path: str | os.PathLike, backup: str | os.PathLike,
         if not dry_run:
             _remove_stale_temps(path)
             _remove_stale_temps(backup)
-        if not needs_upgrade(path):
-            return FileResult(path, CURRENT)
-        guess = detect_clevel(path)
-        if dry_run:
-            return FileResult(path, WOULD_UPGRADE, _describe(guess))
-        notes = _upgrade(path, backup, guess)
+        with MRCSource.open(path) as src:
+            if not is_legacy(src.info):
+                return FileResult(path, CURRENT)
+            if src.fd is None:
+                raise UpgradeError(f"{path}: a whole-file compressed (gzip, bzip2, zstd) file "
+                                   "cannot be upgraded in place; decompress it first")
+            guess = guess_clevel(src)
+            if dry_run:
+                return FileResult(path, WOULD_UPGRADE, _describe(guess))
+            notes = _upgrade(src, path, backup, guess)
         return FileResult(path, UPGRADED, "; ".join([_describe(guess), *notes]))
     except (OSError, MRCZError, ValueError, TypeError, RuntimeError) as err:
         return FileResult(path, FAILED, str(err) or type(err).__name__)
@@ -259,37 +272,23 @@ def _describe(guess: ClevelGuess) -> str:
     return f"{guess.compressor}, clevel {guess.clevel}: {guess.note}"
 
 
-def _upgrade(path: Path, backup: Path, guess: ClevelGuess) -> list[str]:
-    """Back up, rewrite, verify and rename one file; returns notes for the report."""
-    ensure_backup(path, backup)
-    with open(path, "rb") as f:
-        info, meta = read_header_and_meta(f, os.fspath(path))
+def _upgrade(src: MRCSource, path: Path, backup: Path, guess: ClevelGuess) -> list[str]:
+    """Back up, rewrite, verify and rename the file open as ``src``; returns notes for
+    the report."""
+    ensure_backup(src.fd, path, backup)
     temp = path.with_name(f".{path.name}{_TEMP_TAG}{secrets.token_hex(4)}.partial")
     try:
-        with open_image(path) as (image, header):
-            notes = _write_new(image, header, info, meta, guess, temp)
+        image = MRCZReader.of_source(src, n_threads=1)
+        notes = _write_new(image, image.header, src.info, src.meta, guess, temp)
         _copy_owner_and_times(path, temp)
         _fsync_file(temp)
-        verify_same(path, temp, meta, guess)
+        verify_same(image, temp, src.meta, guess)
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_dir(path.parent)
     return notes
-
-
-@contextlib.contextmanager
-def open_image(path: Path) -> Iterator[tuple[Any, dict]]:
-    """``(image, header)`` of a file, read frame by frame where ``mrcz.stream`` exists
-    (so memory stays bounded for big movies), else whole with readMRC."""
-    try:
-        from .stream import MRCZReader
-    except ImportError:
-        yield readMRC(path)
-        return
-    with MRCZReader(path, n_threads=1) as reader:
-        yield reader, reader.header
 
 
 def _copy_owner_and_times(source: Path, target: Path) -> None:
@@ -313,14 +312,15 @@ def _write_new(image: Any, header: dict, info: hdr.HeaderInfo, meta: dict,
     return [str(w.message) for w in caught]
 
 
-def verify_same(original: Path, new: Path, meta: dict, guess: ClevelGuess) -> None:
-    """Raise :class:`UpgradeError` unless ``new`` holds what ``original`` held:
-    every z-slice bit for bit, mode, compressor, level, pixel size, voltage, C3,
-    gain and JSON metadata (``meta``, the original's)."""
-    with open(new, "rb") as f:
-        new_info, new_meta = read_header_and_meta(f, os.fspath(new))
-    with open_image(original) as (image, header), open_image(new) as (got, got_header):
-        problems = _compare_data(image, got)
+def verify_same(original: MRCZReader, new: Path, meta: dict, guess: ClevelGuess) -> None:
+    """Raise :class:`UpgradeError` unless the file ``new`` holds what ``original`` (a
+    reader of the old file) holds: every z-slice bit for bit, mode, compressor, level,
+    pixel size, voltage, C3, gain and JSON metadata (``meta``, the original's)."""
+    header = original.header
+    with MRCSource.open(new) as src:
+        got = MRCZReader.of_source(src, n_threads=1)
+        problems = _compare_data(original, got)
+        new_info, new_meta, got_header = src.info, src.meta, got.header
     if new_info.legacy_mrcz:
         problems.append("the new file still has the old layout")
     if got_header["MRCtype"] != header["MRCtype"]:
@@ -338,7 +338,7 @@ def verify_same(original: Path, new: Path, meta: dict, guess: ClevelGuess) -> No
     if new_meta != meta:
         problems.append("JSON metadata differs")
     if problems:
-        raise UpgradeError(f"{original}: verification of the rewritten file failed: "
+        raise UpgradeError(f"{original.name}: verification of the rewritten file failed: "
                            + "; ".join(problems))
 
 
@@ -362,8 +362,9 @@ def _as_slices(image: Any) -> Any:
     return np.asarray(image)[None] if len(image.shape) == 2 else image
 
 
-def ensure_backup(path: Path, backup: Path) -> None:
-    """Copy ``path`` byte for byte to ``backup`` (reusing an identical existing copy).
+def ensure_backup(original: int, path: Path, backup: Path) -> None:
+    """Copy the file ``path``, open as descriptor ``original``, byte for byte to
+    ``backup`` (reusing an identical existing copy); ``path`` itself is not reopened.
 
     Raises
     ------
@@ -371,25 +372,47 @@ def ensure_backup(path: Path, backup: Path) -> None:
         If ``backup`` exists with different contents (it is never overwritten).
     """
     if backup.exists():
-        if backup.is_file() and filecmp.cmp(path, backup, shallow=False):
+        if backup.is_file() and same_bytes(original, backup):
             return
         raise UpgradeError(f"{path}: backup {backup} already exists with different "
                            "contents; not overwriting it (choose another --backup-dir)")
     backup.parent.mkdir(parents=True, exist_ok=True)
     temp = backup.with_name(f".{backup.name}{_TEMP_TAG}{secrets.token_hex(4)}.partial")
     try:
-        shutil.copy2(path, temp)
+        copy_bytes(original, temp)
+        shutil.copystat(path, temp)
         _fsync_file(temp)
-        if not filecmp.cmp(path, temp, shallow=False):
+        if not same_bytes(original, temp):
             raise UpgradeError(f"{path}: the backup copy {temp} differs from the original")
-        if not publish_no_clobber(temp, backup) and not filecmp.cmp(path, backup,
-                                                                     shallow=False):
+        if not publish_no_clobber(temp, backup) and not same_bytes(original, backup):
             raise UpgradeError(f"{path}: backup {backup} appeared with different contents; "
                                "not overwriting it")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_dir(backup.parent)
+
+
+def copy_bytes(fd: int, target: Path) -> None:
+    """Write every byte of the file open as ``fd`` to the new file ``target``."""
+    with open(target, "wb") as out:
+        offset = 0
+        while block := os.pread(fd, _COPY_BLOCK, offset):
+            out.write(block)
+            offset += len(block)
+
+
+def same_bytes(fd: int, other: Path) -> bool:
+    """True when the file ``other`` holds exactly the bytes of the file open as ``fd``."""
+    if os.fstat(fd).st_size != other.stat().st_size:
+        return False
+    with open(other, "rb") as f:
+        offset = 0
+        while block := f.read(_COPY_BLOCK):
+            if os.pread(fd, len(block), offset) != block:
+                return False
+            offset += len(block)
+    return offset == os.fstat(fd).st_size
 
 
 def publish_no_clobber(temp: str | os.PathLike, target: str | os.PathLike) -> bool:
@@ -519,33 +542,45 @@ def index_file(path: str | os.PathLike, backup: str | os.PathLike,
     """
     path, backup = Path(path), Path(backup)
     try:
-        if needs_upgrade(path):
-            return FileResult(path, FAILED, "old MRCZ layout: run `mrcz upgrade` first, "
-                              "which writes the index too")
-        with open(path, "rb") as f:
-            info, _ = read_header_and_meta(f, os.fspath(path))
-            if info.compressor is None:
-                return FileResult(path, CURRENT, "plain MRC: no index needed")
-            nz, ny, nx = info.shape
-            fd = f.fileno()
-            table = codec.chunk_table(fd, info.data_offset, nz, os.fstat(fd).st_size,
-                                      ny * nx * info.dtype.itemsize, os.fspath(path))
-            if table.source == "index":
-                return FileResult(path, CURRENT, "already indexed")
-        if dry_run:
-            return FileResult(path, WOULD_INDEX, f"{nz} chunks")
-        for _ in iter_frames(path, verify=False):
-            pass
-        ensure_backup(path, backup)
-        with open(path, "r+b") as f:
-            fd = f.fileno()
-            index = table.frame_index(fd)
-            os.pwrite(fd, index.pack(), index.end)
-            os.ftruncate(fd, index.end + frameindex.trailer_bytes(len(index)))
-            os.fsync(fd)
-        return FileResult(path, INDEXED, f"{nz} chunks")
+        with _open_to_index(path, dry_run) as raw:
+            return _index(MRCSource(raw, describe(path), path), path, backup, dry_run)
     except (OSError, MRCZError, ValueError, TypeError, RuntimeError) as err:
         return FileResult(path, FAILED, str(err) or type(err).__name__)
+
+
+def _open_to_index(path: Path, dry_run: bool) -> io.FileIO:
+    """``path`` unbuffered (a descriptor the reader reads by position), open for update
+    unless ``dry_run`` or the file is read-only."""
+    if not dry_run:
+        with contextlib.suppress(PermissionError):
+            return open(path, "r+b", buffering=0)
+    return open(path, "rb", buffering=0)
+
+
+def _index(src: MRCSource, path: Path, backup: Path, dry_run: bool) -> FileResult:
+    """:func:`index_file` of the file open as ``src`` (for update unless ``dry_run``)."""
+    info = src.info
+    if is_legacy(info):
+        return FileResult(path, FAILED, "old MRCZ layout: run `mrcz upgrade` first, "
+                          "which writes the index too")
+    if info.compressor is None:
+        return FileResult(path, CURRENT, "plain MRC: no index needed")
+    table = src.chunk_table()
+    if table.source == "index":
+        return FileResult(path, CURRENT, "already indexed")
+    nz = info.shape[0]
+    if dry_run:
+        return FileResult(path, WOULD_INDEX, f"{nz} chunks")
+    if not src.file.writable():
+        raise UpgradeError(f"{path}: the file is read-only; cannot add its frame index")
+    for _ in MRCZReader.of_source(src):  # every chunk must decode
+        pass
+    ensure_backup(src.fd, path, backup)
+    index = table.frame_index(src.fd)
+    os.pwrite(src.fd, index.pack(), index.end)
+    os.ftruncate(src.fd, index.end + frameindex.trailer_bytes(len(index)))
+    os.fsync(src.fd)
+    return FileResult(path, INDEXED, f"{nz} chunks")
 
 
 def index_folder(folder: str | os.PathLike, recursive: bool = False,

@@ -25,6 +25,9 @@ from .units import pixelsize_angstrom
 from .version import __version__
 from .workers import Pipeline
 
+__all__ = ["plan_write", "WritePlan", "plan_file", "write_file", "finish_header",
+           "FrameAppender", "stored_dtype", "stored_slice", "stats_wanted", "carry_onto"]
+
 #: Header dict keys readMRC fills from the header: a JSON key of the same name would be
 #: hidden on read. voltage, C3, gain and pixelsize have keywords; their clashes are
 #: reported by report_meta_clashes instead.

@@ -173,8 +173,7 @@ def test_no_private_name_crosses_modules(mrcz_imports):
 
 
 def test_function_level_imports_are_only_optional_parts(mrcz_imports):
-    """Imports inside functions are kept for what start-up must not pay for: the DM
-    reader, dask, the cluster runner, and the upgrade and validate tools the CLI loads
-    only for their commands."""
-    lazy = {"dm", "todask", "batch", "validate", "upgrade"}
+    """Imports inside functions are kept for what ``import mrcz`` must not pay for: the
+    DM reader, dask, and the cluster runner (dask.distributed)."""
+    lazy = {"dm", "todask", "batch"}
     assert sorted({module for _, module, _ in mrcz_imports.local} - lazy) == []

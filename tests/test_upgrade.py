@@ -17,7 +17,7 @@ import pytest
 
 import mrcz
 from conftest import CORPUS, NO_CORPUS, REPO
-from mrcz import header as hdr, upgrade
+from mrcz import frameindex, header as hdr, upgrade
 from mrcz.cli import main
 
 pytestmark = pytest.mark.skipif(CORPUS is None or not (CORPUS / "mrcz041").is_dir(),
@@ -203,6 +203,57 @@ def test_new_file_records_detected_level(tmp_path) -> None:
     assert main(["upgrade", str(tmp_path)]) == 0
     _, header = mrcz.readMRC(path)
     assert (header["compressor"], header["clevel"]) == ("zstd", 1)
+
+
+# ----------------------------------------------------------------------------- one open
+
+#: Run in the child: count the ``open`` audit events naming argv[1] during each call.
+COUNT_OPENS = r"""
+import json, os, sys
+from mrcz import upgrade
+path, backup, bare = sys.argv[1:4]
+watched = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) \
+            and os.path.realpath(os.fsdecode(args[0])) in watched:
+        opens.append(args[1])
+sys.addaudithook(hook)
+opens, counts = [], {}
+calls = [("needs_upgrade", path, lambda: upgrade.needs_upgrade(path)),
+         ("detect_clevel", path, lambda: upgrade.detect_clevel(path)),
+         ("dry run", path, lambda: upgrade.upgrade_file(path, backup, dry_run=True).status),
+         ("upgrade_file", path, lambda: upgrade.upgrade_file(path, backup).status),
+         ("current", path, lambda: upgrade.upgrade_file(path, backup).status),
+         ("index_file", bare, lambda: upgrade.index_file(bare, backup + ".i").status)]
+for label, name, call in calls:
+    watched[:] = [os.path.realpath(name)]
+    opens.clear()
+    result = call()
+    counts[label] = [len(opens), result if isinstance(result, (bool, str)) else None]
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.parametrize("name", ["mrcz041_zstd_uint16.mrcz", "mrcz041_plain_uint16.mrc"])
+def test_each_operation_opens_the_file_once(tmp_path, name) -> None:
+    """needs_upgrade, detect_clevel, upgrade_file (dry run, real, on a current file)
+    and index_file each open the file once (counted in a child process's audit hook)."""
+    (path,) = [p for p in copy_legacy(tmp_path) if p.name == name]
+    bare = tmp_path / "bare.mrcz"  # a compressed file as written before frame indexes
+    mrcz.writeMRC(np.arange(3 * 8 * 6, dtype=np.int16).reshape(3, 8, 6), bare,
+                  compressor="zstd")
+    raw = bytearray(bare.read_bytes()[:-frameindex.trailer_bytes(3)])
+    raw[144:152] = (len(raw) - 1024).to_bytes(8, "little")
+    bare.write_bytes(bytes(raw))
+    done = subprocess.run([sys.executable, "-c", COUNT_OPENS, str(path),
+                           str(tmp_path / "backup" / name), str(bare)],
+                          capture_output=True, text=True, timeout=120, env=_env(), check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {
+        "needs_upgrade": [1, True], "detect_clevel": [1, None], "dry run": [1, "would upgrade"],
+        "upgrade_file": [1, "upgraded"], "current": [1, "current"], "index_file": [1, "indexed"]}
+    assert (tmp_path / "backup" / name).read_bytes() == (LEGACY / name).read_bytes()
+    check_reads_as_written(path)
 
 
 # ----------------------------------------------------------------------------- safety
