@@ -974,7 +974,7 @@ def describe_file(path: str | os.PathLike, header: bool = False,
         return _describe_dm(path, frames)
     with open_source(path) as (src, codec):
         info, meta = src.info, src.meta
-        extended = src.extended[:_EXTENDED_SHOWN] if header else b""
+        extended = src.extended_head(_EXTENDED_SHOWN) if header else b""
         head, slices = src.header_dict(ANGSTROM), src.slices()
         chunk_bytes = int(head["packedBytes"]) if info.compressor else None
         per_frame = _frame_table(src) if frames else None

@@ -105,6 +105,12 @@ class MRCSource:
             self._extended = os.pread(self.fd, count, hdr.HEADER_BYTES)
         return self._extended
 
+    def extended_head(self, count: int) -> bytes:
+        """At most ``count`` bytes of the extended header, from its start (no more is read)."""
+        if self._extended is not None:
+            return self._extended[:count]
+        return os.pread(self.fd, min(count, self.info.extended_bytes), hdr.HEADER_BYTES)
+
     @property
     def template(self) -> carry.Template:
         """What a copy of this file keeps of its header (:mod:`mrcz.carry`)."""

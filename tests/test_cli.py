@@ -684,6 +684,29 @@ def test_info_header_on_every_corpus_file(capsys, path) -> None:
         assert record["extended_header"]["fields"]
 
 
+def test_info_header_reads_only_the_extended_header_it_shows(capsys, tmp_path,
+                                                            monkeypatch) -> None:
+    """An 8 MiB extended header: ``info --header`` shows its first MiB and reads no more."""
+    path = tmp_path / "big_ext.mrc"
+    with mrcz.new(path, np.zeros((2, 8, 8), np.float32)) as mrc:
+        mrc.set_extended_header(np.frombuffer(bytes(range(256)) * 2**15, dtype="V1"))
+        mrc.header.exttyp = b"SERI"
+    reads = []
+    pread = os.pread
+
+    def counted_pread(fd, count, offset):
+        reads.append(count)
+        return pread(fd, count, offset)
+
+    monkeypatch.setattr(os, "pread", counted_pread)
+    code, out, err = run_main(capsys, "info", "--header", "--json", str(path))
+    assert code == 0, err
+    [record] = json.loads(out)
+    assert record["extended_header"]["bytes"] == 8 * 2**20
+    assert record["extended_header"]["fields"]
+    assert reads and max(reads) <= 2**20
+
+
 @needs_corpus
 def test_info_frames_lists_chunks_of_mrcz(capsys) -> None:
     path = CORPUS / "mrcz060" / "mrcz060_zstd_uint16.mrcz"
