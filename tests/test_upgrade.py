@@ -24,7 +24,6 @@ pytestmark = pytest.mark.skipif(CORPUS is None or not (CORPUS / "mrcz041").is_di
                                 reason=NO_CORPUS)
 LEGACY = CORPUS / "mrcz041" if CORPUS else None
 DATA_SUFFIXES = (".mrc", ".mrcz")
-ORIG_FALLBACK = Path("/work/venvs/orig/bin/python")
 UNITS_PER_ANGSTROM = {"\\AA": 1.0, "nm": 0.1, "\\mum": 1e-4, "pm": 100.0}
 
 ORIG_READ = r"""
@@ -44,16 +43,6 @@ for path in sys.argv[2:]:
                  "meta": {k: header.get(k) for k in json.loads(sys.argv[1]).get(path, [])}}
 print(json.dumps(out))
 """
-
-
-def reference_python() -> Path | None:
-    """Python of mrcz 0.6.0: $MRCZ_REFERENCE_VENVS/mrcz-0.6.0, else /work/venvs/orig."""
-    base = os.environ.get("MRCZ_REFERENCE_VENVS")
-    if base:
-        candidate = Path(base) / "mrcz-0.6.0" / "bin" / "python"
-        if candidate.is_file():
-            return candidate
-    return ORIG_FALLBACK if ORIG_FALLBACK.is_file() else None
 
 
 def legacy_files() -> list[Path]:
@@ -135,10 +124,8 @@ def test_originals_backed_up_byte_for_byte(upgraded) -> None:
     assert set(before) == {p.name for p in legacy_files()}
 
 
-def test_upgraded_files_read_in_mrcz_060(upgraded, tmp_path) -> None:
-    python = reference_python()
-    if python is None:
-        pytest.skip("no mrcz 0.6.0 python (set MRCZ_REFERENCE_VENVS)")
+def test_upgraded_files_read_in_mrcz_060(upgraded, tmp_path, original_python) -> None:
+    python = original_python
     folder, _, _ = upgraded
     paths = [shutil.copyfile(p, tmp_path / p.name) for p in sorted(folder.glob("*.mrc*"))]
     keys = {str(p): list(expected(Path(p))[1].get("meta", {})) for p in paths}
