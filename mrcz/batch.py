@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .fileops import atomic_output
+from .fileops import atomic_output, blocks
 from .dm import dm_header_for_mrc, open_unless_dm, readDM
 from .errors import MRCZError
 from .mrc import writeMRC
-from .reader import MRCSource, read_image
-from .stream import MRCZReader
+from .reader import MRCSource
+from .stream import MRCZReader, image_of
 from .units import ANGSTROM
 from .progress import Progress
 
@@ -110,13 +110,12 @@ def _open_image(source: str) -> Iterator[tuple[Any, dict]]:
         yield image, {"pixelunits": ANGSTROM, **dm_header_for_mrc(meta)}
         return
     with MRCSource.wrap(raw, source) as src:
-        if src.fd is not None and not src.slices():
-            reader = MRCZReader.of_source(src, n_threads=1)  # closed with src
-            yield reader, _keywords(src, reader.header)
-            return
-        image, header = read_image(src)
+        image, header = image_of(src)
         kwargs = _keywords(src, header)
-    yield image, kwargs
+        if src.fd is not None:  # a regular file: frames are read while the output is written
+            yield image, kwargs
+            return
+    yield image, kwargs  # a stream was read whole: closed (checksum checked) before writing
 
 
 def _keywords(src: MRCSource, header: dict) -> dict:
@@ -173,10 +172,8 @@ def _read_back(path: str, hashed: bool) -> tuple[tuple[int, ...], str]:
 def _sha256(fd: int) -> str:
     """SHA-256 of the whole file open as ``fd`` (read by position: no seek)."""
     digest = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, _HASH_BLOCK, offset):
+    for block in blocks(fd, _HASH_BLOCK):
         digest.update(block)
-        offset += len(block)
     return digest.hexdigest()
 
 

@@ -44,8 +44,8 @@ from .dm import dm_header_for_mrc, readDM
 from .errors import MRCZError
 from .mrc import readMRC, writeMRC
 from .units import ANGSTROM
-from .reader import MRCSource, read_image
-from .stream import MRCZReader
+from .reader import MRCSource
+from .stream import MRCZReader, image_of
 from .progress import Progress, human_bytes, human_seconds
 from .validate import is_valid, validate_file
 from .version import __version__
@@ -56,7 +56,6 @@ MRC_SUFFIXES = (".mrcz", ".mrcs", ".mrc", ".map", ".st", ".ali", ".rec")
 #: Source dtypes --auto-dtype narrows, and the integer types it tries, narrowest first.
 AUTO_FROM = ("float32", "float64", "int16", "uint16", "int32", "uint32")
 AUTO_TO = ("int8", "int16", "uint16")
-_COPY = 2**20
 #: Header words this package reads as microscope values, and the JSON metadata key
 #: listing those never given (see "Values not recorded" in the specification).
 MICROSCOPE_KEYS = ("voltage", "C3", "gain")
@@ -149,11 +148,8 @@ def open_source(path: str | os.PathLike) -> Iterator[tuple[MRCSource, str | None
         with src:
             yield src, codec
         return
-    with tempfile.TemporaryDirectory(prefix="mrcz-") as folder:
-        with src:
-            copy = _spooled(src, os.path.join(folder, "spooled.mrcz"))
-        with copy:
-            yield copy, codec
+    with src, wholefile.spooled(src.file) as raw, MRCSource(raw, src.name) as copy:
+        yield copy, codec
 
 
 def _codec_name(f: BinaryIO) -> str | None:
@@ -161,21 +157,6 @@ def _codec_name(f: BinaryIO) -> str | None:
     if not isinstance(f, wholefile.StreamReader):
         return None
     return "bz2" if f.codec == "bzip2" else f.codec
-
-
-def _spooled(src: MRCSource, plain: str) -> MRCSource:
-    """Copy the stream of ``src`` (header and extended header already read, then the
-    rest) to the new file ``plain``; its source, named as ``src`` is."""
-    with open(plain, "xb") as out:
-        out.write(src.info.record.tobytes())
-        out.write(src.extended)
-        shutil.copyfileobj(src.file, out, _COPY)
-    raw = open(plain, "rb")
-    try:
-        return MRCSource(raw, src.name, plain)
-    except BaseException:
-        raw.close()
-        raise
 
 
 @contextlib.contextmanager
@@ -198,11 +179,7 @@ def open_input(path: str | os.PathLike) -> Iterator[Loaded]:
 def _loaded(src: MRCSource) -> Loaded:
     """The image of ``src`` and the writeMRC keywords keeping its header values."""
     info, meta = src.info, src.meta
-    if src.fd is not None and not src.slices():
-        image = MRCZReader.of_source(src, n_threads=1)  # closed with src
-        header = image.header
-    else:
-        image, header = read_image(src)
+    image, header = image_of(src)
     has_meta = info.extended_bytes > 0 and info.record["exttyp"] == b"json"
     template = src.template  # what the output keeps of the rest
     values = recorded_values(info, header, meta)
@@ -1251,7 +1228,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     """Add frame indexes to the MRCZ files of a folder; see mrcz.upgrade.index_folder."""
     results = upgrade.index_folder(args.folder, recursive=args.recursive,
-                           backup_dir=args.backup_dir, dry_run=args.dry_run)
+                                   backup_dir=args.backup_dir, dry_run=args.dry_run)
     for result in results:
         print(result.line())
     return EXIT_FAILED if any(r.status == upgrade.FAILED for r in results) else EXIT_OK

@@ -404,6 +404,17 @@ def abandon_outputs() -> list[Path]:
     return [Path(target) for _, target in taken]
 
 
+# ----------------------------------------------------------------------------- input
+
+def blocks(fd: int, size: int = 2**20) -> Iterator[bytes]:
+    """The bytes of the file open as ``fd``, from its start, ``size`` at a time (read by
+    position: the file's offset does not move)."""
+    offset = 0
+    while block := os.pread(fd, size, offset):
+        yield block
+        offset += len(block)
+
+
 # ----------------------------------------------------------------------------- output
 
 def fsync_folder(folder: str | os.PathLike) -> None:

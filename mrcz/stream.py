@@ -29,12 +29,12 @@ from .fileops import atomic_output
 from .errors import CorruptDataError, MRCZError, UnsupportedError, describe
 from .frames import FrameSource
 from .decode import to_native, unpack_uint4
-from .reader import MRCSource, check_plain_size
+from .reader import MRCSource, check_plain_size, read_image
 from .units import ANGSTROM
 from .workers import ordered_map, threads
 from .writer import FrameAppender, check_compressor, plan_write, put_stats, stats_wanted
 
-__all__ = ["MRCZWriter", "MRCZReader", "iter_frames", "FrameAppender"]
+__all__ = ["MRCZWriter", "MRCZReader", "iter_frames", "image_of", "FrameAppender"]
 
 # ----------------------------------------------------------------------------- writer
 
@@ -353,3 +353,13 @@ def iter_frames(path: str | os.PathLike, n_threads: int | None = None,
     """Yield the z-slices of a plain or compressed file one by one."""
     with MRCZReader(path, n_threads, verify=verify) as reader:
         yield from reader
+
+
+def image_of(src: MRCSource) -> tuple[Any, dict]:
+    """``(image, header dict)`` of ``src`` for a copy: a one-thread frame reader of an
+    array in a regular file (frames decoded as the writer asks; closed with ``src``),
+    else what readMRC returns (lists of frames; streams, which read forwards only)."""
+    if src.fd is not None and not src.slices():
+        reader = MRCZReader.of_source(src, n_threads=1)
+        return reader, reader.header
+    return read_image(src)

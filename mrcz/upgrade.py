@@ -36,6 +36,7 @@ import blosc
 import numpy as np
 
 from . import codec, frameindex, header as hdr
+from .fileops import blocks
 from .errors import MRCZError, describe
 from .mrc import writeMRC
 from .progress import Progress
@@ -57,7 +58,6 @@ MAX_PROBE_CHUNKS = 8
 DEFAULT_CLEVEL = 1
 _TEMP_TAG = ".mrcz-upgrade-"
 _LEVELS = range(1, 10)
-_COPY_BLOCK = 2**20
 
 UPGRADED, CURRENT, WOULD_UPGRADE, FAILED = "upgraded", "current", "would upgrade", "failed"
 
@@ -396,10 +396,8 @@ def ensure_backup(original: int, path: Path, backup: Path) -> None:
 def copy_bytes(fd: int, target: Path) -> None:
     """Write every byte of the file open as ``fd`` to the new file ``target``."""
     with open(target, "wb") as out:
-        offset = 0
-        while block := os.pread(fd, _COPY_BLOCK, offset):
+        for block in blocks(fd):
             out.write(block)
-            offset += len(block)
 
 
 def same_bytes(fd: int, other: Path) -> bool:
@@ -407,12 +405,7 @@ def same_bytes(fd: int, other: Path) -> bool:
     if os.fstat(fd).st_size != other.stat().st_size:
         return False
     with open(other, "rb") as f:
-        offset = 0
-        while block := f.read(_COPY_BLOCK):
-            if os.pread(fd, len(block), offset) != block:
-                return False
-            offset += len(block)
-    return offset == os.fstat(fd).st_size
+        return all(f.read(len(block)) == block for block in blocks(fd)) and not f.read(1)
 
 
 def publish_no_clobber(temp: str | os.PathLike, target: str | os.PathLike) -> bool:

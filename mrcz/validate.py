@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -95,18 +93,27 @@ def _check_open(f: BinaryIO, name: str, check_data: bool, deep: bool) -> list[Pr
         return _check_spooled(f, name, check_data, deep)
     problems = _header_problems(src.info)
     try:
-        layout = _check_meta_length(src)
-        if src.fd is not None:
-            layout += (_check_chunks(src.fd, src.info, src.size, name, check_data)
-                       if src.info.compressor else _check_plain_size(src.info, src.size))
+        size = src.size if src.fd is not None else None
+        layout = _check_layout(f, src.info, size, _check_meta_length(src), name, check_data)
     except MRCZError as err:
         return [Problem(ERROR, str(err))]
-    if check_data and src.fd is None and is_valid(layout):
-        layout += _check_stream(f, src.info)
     problems += layout
     if check_data and is_valid(layout):  # the data can be read if its layout is sound
         problems += _check_data(src, deep and src.fd is not None)
     return problems
+
+
+def _check_layout(f: BinaryIO, info: hdr.HeaderInfo, size: int | None,
+                  meta_problems: list[Problem], name: str, check_data: bool) -> list[Problem]:
+    """The data block against the header: a regular file's chunks (and frame index) or
+    size; a stream (``size`` None) read to its end (``check_data``) if all else holds."""
+    layout = list(meta_problems)
+    if size is not None:
+        layout += (_check_chunks(f.fileno(), info, size, name, check_data)
+                   if info.compressor else _check_plain_size(info, size))
+    elif check_data and is_valid(layout):
+        layout += _check_stream(f, info)
+    return layout
 
 
 def _rewind(f: BinaryIO) -> None:
@@ -134,30 +141,20 @@ def _check_refused(f: BinaryIO, name: str, check_data: bool, deep: bool
         if info.compressor is not None and size is None:
             return _check_spooled(f, name, check_data, deep)
         problems = _header_problems(info)
-        layout = _check_meta(f, info, name)
-        if size is not None:
-            layout += (_check_chunks(f.fileno(), info, size, name, check_data)
-                       if info.compressor else _check_plain_size(info, size))
+        layout = _check_layout(f, info, size, _check_meta(f, info, name), name, check_data)
     except MRCZError as err:
         return [Problem(ERROR, str(err))]
-    if check_data and size is None and is_valid(layout):
-        layout += _check_stream(f, info)
     return problems + layout
 
 
 def _check_spooled(f: BinaryIO, name: str, check_data: bool, deep: bool) -> list[Problem]:
     """Compressed MRCZ inside a whole-file stream: decompressed to an unnamed temporary
     file (the chunks need random access), then checked there under ``name``."""
-    with tempfile.TemporaryFile() as spool:
-        try:
-            _rewind(f)
-            shutil.copyfileobj(f, spool, STREAM_READ_BYTES)
-        except MRCZError as err:
-            return [Problem(ERROR, str(err))]
-        spool.flush()
-        spool.seek(0)
-        with open(spool.fileno(), "rb", closefd=False) as copy:
+    try:
+        with wholefile.spooled(f) as copy:
             return _validate(copy, name, check_data, deep)
+    except MRCZError as err:
+        return [Problem(ERROR, str(err))]
 
 
 def _regular_size(f: Any) -> int | None:

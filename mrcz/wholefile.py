@@ -27,9 +27,12 @@ target and renamed into place.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -338,6 +341,20 @@ def _check_content(stream: StreamReader, head: bytes, codec: str, name: str,
                                f"{int(info.record['mode'])}) inside a whole-file {codec} "
                                f"stream is not supported; decompress the {codec} layer "
                                "first (MRCZ is already compressed)")
+
+
+@contextlib.contextmanager
+def spooled(stream: StreamReader) -> Iterator[BinaryIO]:
+    """Everything ``stream`` decompresses to, from its start, in an unnamed temporary
+    file open for reading at 0 (gone on leaving): for content that needs random
+    access, such as compressed MRCZ, whose chunks a stream cannot index."""
+    with tempfile.TemporaryFile() as spool:
+        stream.restart()
+        shutil.copyfileobj(stream, spool, _SKIP_BUFFER)
+        spool.flush()
+        spool.seek(0)
+        with open(spool.fileno(), "rb", closefd=False) as copy:
+            yield copy
 
 
 def open_for_read(path: str | os.PathLike, memmap: bool = False) -> BinaryIO:
